@@ -1,0 +1,1 @@
+//! Criterion benchmarks of the hot path (see `benches/`) and the peer comparison script.

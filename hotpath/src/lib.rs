@@ -1,0 +1,2 @@
+//! playpod's frame pipeline.
+#![forbid(unsafe_code)]

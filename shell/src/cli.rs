@@ -1,0 +1,175 @@
+//! The command line of the `playpod` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::control::ControlArgs;
+use crate::game::{GameArgs, Scene};
+
+/// playpod streams an X11 game running on a virtual screen to web browsers: H.264 video over
+/// WebSocket, decoded with WebCodecs, with the lowest latency and the least CPU.
+#[derive(Debug, Parser)]
+#[command(name = "playpod", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: human-readable text, or one JSON object per line for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PLAYPOD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a virtual screen (Xvfb), the built-in two-player game on it, and serve it.
+    ///
+    /// Prints one line `playpod: open http://ADDR/play/TOKEN/`. Ctrl-C or SIGTERM stops every
+    /// child process and removes every framebuffer file and shared-memory segment it made.
+    Demo(DemoArgs),
+    /// Stream a display someone else started (inside a game pod).
+    ///
+    /// With `--framebuffer` (Xvfb -fbdir) or `--shmid` (Xvfb -shmem) the screen is read in place
+    /// with no copy; with neither, it is captured through MIT-SHM XShmGetImage (one copy), which
+    /// works with any X server.
+    Pod(PodArgs),
+    /// Run the Kubernetes control plane that creates game sessions on demand.
+    Control(ControlArgs),
+    /// Run the built-in game as an X11 client (started by `playpod demo`).
+    #[command(hide = true)]
+    Game(GameArgs),
+}
+
+/// Options shared by every command that streams a display.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "PLAYPOD_LISTEN")]
+    pub listen: SocketAddr,
+    /// Session token: the secret path segment under /play/. Default: 128 random bits.
+    #[arg(long, env = "PLAYPOD_TOKEN", hide_env_values = true, value_parser = crate::token::parse_token)]
+    pub token: Option<String>,
+    /// Picture size, `WxH`; both even.
+    #[arg(long, default_value = "768x768", value_parser = parse_size)]
+    pub size: (u16, u16),
+    /// Frames per second.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub fps: u32,
+    /// Target video bitrate in kbit/s.
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    pub bitrate_kbps: u32,
+    /// Video encoder. `auto` picks the best one present (today: openh264).
+    #[arg(long, value_enum, default_value_t = EncoderChoice::Auto)]
+    pub encoder: EncoderChoice,
+    /// Pin the frame thread to this CPU core (default: the last core, when there are several).
+    #[arg(long)]
+    pub pin_core: Option<usize>,
+    /// Do not pin the frame thread to a core.
+    #[arg(long, conflicts_with = "pin_core")]
+    pub no_pin: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS: browsers only allow WebCodecs in a secure context (HTTPS, or http://127.0.0.1).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain; serve HTTPS with it (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made at start (for players on the LAN).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_self_signed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncoderChoice {
+    Auto,
+    Openh264,
+    Nvenc,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// What the built-in game shows.
+    #[arg(long, value_enum, default_value_t = Scene::Pong)]
+    pub scene: Scene,
+    /// Seed of the built-in game.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// X display number for the virtual screen (default: the first free one from :99).
+    #[arg(long)]
+    pub display: Option<u32>,
+    /// Share the framebuffer as a SysV segment (Xvfb -shmem) instead of a file on tmpfs.
+    #[arg(long)]
+    pub shmem: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PodArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// X display to stream, e.g. `:0`.
+    #[arg(long, env = "DISPLAY")]
+    pub display: String,
+    /// The framebuffer file Xvfb writes with -fbdir (DIR/Xvfb_screen0), read in place.
+    #[arg(long, conflicts_with = "shmid")]
+    pub framebuffer: Option<PathBuf>,
+    /// The SysV shared-memory id Xvfb prints with -shmem, read in place.
+    #[arg(long)]
+    pub shmid: Option<i32>,
+    /// PulseAudio server to record the game's sound from (default: $PULSE_SERVER).
+    #[arg(long, env = "PULSE_SERVER")]
+    pub pulse_server: Option<String>,
+}
+
+/// Parses `WxH` with both sides even and between 16 and 4096.
+pub fn parse_size(s: &str) -> Result<(u16, u16), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WIDTHxHEIGHT such as 768x768, got {s:?}"))?;
+    let parse = |v: &str, what: &str| -> Result<u16, String> {
+        let n: u16 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{what} {v:?} is not a number"))?;
+        if !(16..=4096).contains(&n) || n % 2 != 0 {
+            return Err(format!("{what} {n} must be even and between 16 and 4096"));
+        }
+        Ok(n)
+    };
+    Ok((parse(w, "width")?, parse(h, "height")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("768x768"), Ok((768, 768)));
+        assert_eq!(parse_size("1280X720"), Ok((1280, 720)));
+        for bad in [
+            "", "768", "x768", "767x768", "8x8", "99999x2", "axb", "-2x4",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
