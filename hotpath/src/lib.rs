@@ -1,2 +1,19 @@
-//! playpod's frame pipeline.
+//! playpod's frame pipeline: plain threads, no async, no allocation and no locks per frame.
+//!
+//! ```text
+//! framebuffer (in place) -> BGRX->I420 -> H.264 -> broadcast ring -> viewers
+//! ```
+//!
+//! The stages are written as plain values driven from outside (the frame clock takes the time
+//! as an argument, the ring's cursors are values), so tests drive them without an X server.
 #![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod clock;
+pub mod convert;
+pub mod encode;
+pub mod h264;
+pub mod pipeline;
+pub mod ring;
+pub mod stats;
+pub mod xwd;

@@ -1,0 +1,200 @@
+//! H.264 encoders behind one trait: openh264 on the CPU today, NVENC on NVIDIA GPUs later.
+//!
+//! Every encoder makes a constrained-baseline stream a browser decodes with the lowest delay:
+//! no B-frames, no periodic or scene-change IDRs (an IDR only when asked), and SPS and PPS in
+//! front of every IDR so any IDR is a valid starting point for a new viewer.
+
+use openh264::OpenH264API;
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    RateControlMode, SpsPpsStrategy, UsageType, VuiConfig,
+};
+use openh264::formats::YUVSlices;
+
+use crate::convert::I420Frame;
+
+/// Stream settings every encoder takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_bps: u32,
+}
+
+/// What one call to [`VideoEncoder::encode`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// The access unit is an IDR (with SPS and PPS in front).
+    pub keyframe: bool,
+    /// Bytes appended to the output.
+    pub len: usize,
+}
+
+/// Why an encoder failed. `Copy` and allocation-free, for the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("openh264 could not be initialised")]
+    Init,
+    #[error("openh264 failed to encode a frame")]
+    Encode,
+    #[error("picture is {got_w}x{got_h}, the encoder was set up for {want_w}x{want_h}")]
+    Size {
+        got_w: u32,
+        got_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
+}
+
+/// An H.264 encoder.
+pub trait VideoEncoder: Send {
+    /// A short name for logs and metrics (`openh264`, `nvenc`).
+    fn name(&self) -> &'static str;
+
+    /// Encodes `picture` and appends one Annex-B access unit to `out`. With `keyframe` the
+    /// access unit is an IDR with SPS and PPS. Must not allocate once `out` has capacity.
+    fn encode(
+        &mut self,
+        picture: &I420Frame,
+        keyframe: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Encoded, EncodeError>;
+}
+
+/// The CPU encoder: Cisco's openh264, built from source (with nasm for its assembly).
+pub struct Openh264Encoder {
+    encoder: Encoder,
+    settings: EncoderSettings,
+}
+
+impl std::fmt::Debug for Openh264Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Openh264Encoder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Openh264Encoder {
+    pub fn new(settings: EncoderSettings) -> Result<Self, EncodeError> {
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(settings.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(settings.fps as f32))
+            .rate_control_mode(RateControlMode::Bitrate)
+            // Every tick gives a frame: skipping would stall the picture for a viewer.
+            .skip_frames(false)
+            .usage_type(UsageType::CameraVideoRealTime)
+            .profile(Profile::Baseline)
+            .complexity(Complexity::Low)
+            // IDR only on demand: no periodic ones, no scene-change ones.
+            .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+            .scene_change_detect(false)
+            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
+            .num_threads(1)
+            .vui(VuiConfig::bt601());
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|_| EncodeError::Init)?;
+        Ok(Self { encoder, settings })
+    }
+}
+
+impl VideoEncoder for Openh264Encoder {
+    fn name(&self) -> &'static str {
+        "openh264"
+    }
+
+    fn encode(
+        &mut self,
+        picture: &I420Frame,
+        keyframe: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Encoded, EncodeError> {
+        let s = self.settings;
+        if picture.width() != s.width || picture.height() != s.height {
+            return Err(EncodeError::Size {
+                got_w: picture.width(),
+                got_h: picture.height(),
+                want_w: s.width,
+                want_h: s.height,
+            });
+        }
+        if keyframe {
+            self.encoder.force_intra_frame();
+        }
+        let source = YUVSlices::new(
+            picture.planes(),
+            (s.width as usize, s.height as usize),
+            picture.strides(),
+        );
+        let bitstream = self.encoder.encode(&source).map_err(|_| EncodeError::Encode)?;
+        let before = out.len();
+        bitstream.write_vec(out);
+        Ok(Encoded {
+            keyframe: bitstream.frame_type() == FrameType::IDR,
+            len: out.len() - before,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h264;
+
+    fn settings() -> EncoderSettings {
+        EncoderSettings {
+            width: 128,
+            height: 96,
+            fps: 60,
+            bitrate_bps: 500_000,
+        }
+    }
+
+    fn moving_picture(n: u32) -> I420Frame {
+        let mut f = I420Frame::new(128, 96);
+        let bytes: Vec<u8> = (0..128 * 96 * 4)
+            .map(|i| ((i as u32 / 4 % 128 + n * 3) ^ (i as u32 / 512)) as u8)
+            .collect();
+        let src = crate::convert::BgrxFrame {
+            bytes: &bytes,
+            width: 128,
+            height: 96,
+            stride: 512,
+        };
+        crate::convert::bgrx_to_i420(&src, &mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn idr_only_on_demand_with_parameter_sets() {
+        let mut enc = Openh264Encoder::new(settings()).unwrap();
+        let mut out = Vec::with_capacity(1 << 20);
+        for n in 0..40 {
+            out.clear();
+            let want_key = n == 0 || n == 25;
+            let got = enc.encode(&moving_picture(n), n == 25, &mut out).unwrap();
+            let info = h264::inspect(&out);
+            assert_eq!(got.keyframe, want_key, "frame {n}");
+            assert_eq!(info.idr, want_key, "frame {n}");
+            assert_eq!(info.sps && info.pps, want_key, "frame {n}: SPS/PPS only with IDRs");
+            assert!(info.slices >= 1 && got.len == out.len(), "frame {n} is empty");
+            if want_key {
+                let codec = h264::codec_string(&out).unwrap();
+                // Constrained baseline: profile 66, constraint_set1 flag.
+                assert!(codec.starts_with("avc1.42") && (u8::from_str_radix(&codec[7..9], 16).unwrap() & 0x40) != 0, "{codec}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_size_is_an_error() {
+        let mut enc = Openh264Encoder::new(settings()).unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            enc.encode(&I420Frame::new(64, 64), false, &mut out),
+            Err(EncodeError::Size { .. })
+        ));
+        assert!(out.is_empty());
+    }
+}
