@@ -7,6 +7,7 @@
 //! - [`AttachedShm`]: a read-only attachment of the SysV segment Xvfb makes with `-shmem`.
 //! - [`OwnedShm`]: a private SysV segment we create for MIT-SHM `XShmGetImage`, removed
 //!   as soon as it is attached so it can never outlive the process.
+//! - [`die_with_parent`] and [`terminate`]: child processes that cannot outlive `playpod demo`.
 //!
 //! # Shared memory written by another process
 //!
@@ -19,6 +20,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod process;
 mod shm;
+
+pub use process::{die_with_parent, terminate};
 
 pub use shm::{AttachedShm, MappedFile, OwnedShm, ShmError, remove_shm_segment};

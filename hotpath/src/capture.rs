@@ -46,7 +46,11 @@ pub trait FrameSource: Send {
     fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError>;
 }
 
-fn cropped(layout: FramebufferLayout, width: u32, height: u32) -> Result<FramebufferLayout, CaptureError> {
+fn cropped(
+    layout: FramebufferLayout,
+    width: u32,
+    height: u32,
+) -> Result<FramebufferLayout, CaptureError> {
     if layout.width < width || layout.height < height {
         return Err(CaptureError::TooSmall {
             screen_w: layout.width,
@@ -143,11 +147,10 @@ pub struct XShmSource {
 impl XShmSource {
     pub fn connect(display: &str, width: u32, height: u32) -> Result<Self, CaptureError> {
         let x_err = |e: &dyn std::fmt::Display| CaptureError::X(e.to_string());
-        let (conn, screen) =
-            x11rb::connect(Some(display)).map_err(|e| CaptureError::Connect {
-                display: display.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let (conn, screen) = x11rb::connect(Some(display)).map_err(|e| CaptureError::Connect {
+            display: display.to_owned(),
+            reason: e.to_string(),
+        })?;
         let root_screen = &conn.setup().roots[screen];
         let (root, depth) = (root_screen.root, root_screen.root_depth);
         let (sw, sh) = (

@@ -187,7 +187,13 @@ pub fn bgrx_to_i420_scalar(src: &BgrxFrame<'_>, dst: &mut I420Frame) -> Result<(
 
 /// Largest absolute difference between two I420 pictures, per plane (Y, U, V).
 pub fn max_plane_difference(a: &I420Frame, b: &I420Frame) -> (u8, u8, u8) {
-    let diff = |x: &[u8], y: &[u8]| x.iter().zip(y).map(|(p, q)| p.abs_diff(*q)).max().unwrap_or(0);
+    let diff = |x: &[u8], y: &[u8]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| p.abs_diff(*q))
+            .max()
+            .unwrap_or(0)
+    };
     let (ay, au, av) = a.planes();
     let (by, bu, bv) = b.planes();
     (diff(ay, by), diff(au, bu), diff(av, bv))
@@ -208,8 +214,16 @@ mod tests {
                 let at = y * stride + x * 4;
                 // Mix smooth gradients (what games show) with noise (the worst case).
                 let noise = (s & 0xff) as u8;
-                bytes[at] = if x % 7 == 0 { noise } else { (x * 255 / w as usize) as u8 };
-                bytes[at + 1] = if y % 5 == 0 { noise } else { (y * 255 / h as usize) as u8 };
+                bytes[at] = if x % 7 == 0 {
+                    noise
+                } else {
+                    (x * 255 / w as usize) as u8
+                };
+                bytes[at + 1] = if y % 5 == 0 {
+                    noise
+                } else {
+                    (y * 255 / h as usize) as u8
+                };
                 bytes[at + 2] = ((x + y) * 3) as u8;
                 bytes[at + 3] = 0xa5; // X byte: must be ignored
             }
@@ -233,7 +247,10 @@ mod tests {
             bgrx_to_i420(&src, &mut fast).unwrap();
             bgrx_to_i420_scalar(&src, &mut slow).unwrap();
             let (dy, du, dv) = max_plane_difference(&fast, &slow);
-            assert!(dy <= 1 && du <= 2 && dv <= 2, "{w}x{h}: max difference Y {dy} U {du} V {dv}");
+            assert!(
+                dy <= 1 && du <= 2 && dv <= 2,
+                "{w}x{h}: max difference Y {dy} U {du} V {dv}"
+            );
         }
     }
 
@@ -271,20 +288,29 @@ mod tests {
             height: 64,
             stride: 256,
         };
-        assert!(matches!(bgrx_to_i420(&src, &mut dst), Err(ConvertError::Size { .. })));
+        assert!(matches!(
+            bgrx_to_i420(&src, &mut dst),
+            Err(ConvertError::Size { .. })
+        ));
         let src = BgrxFrame {
             bytes: &bytes[..1000],
             width: 64,
             height: 64,
             stride: 256,
         };
-        assert!(matches!(bgrx_to_i420(&src, &mut dst), Err(ConvertError::Short { .. })));
+        assert!(matches!(
+            bgrx_to_i420(&src, &mut dst),
+            Err(ConvertError::Short { .. })
+        ));
         let src = BgrxFrame {
             bytes: &bytes,
             width: 64,
             height: 64,
             stride: 100,
         };
-        assert!(matches!(bgrx_to_i420_scalar(&src, &mut dst), Err(ConvertError::Short { .. })));
+        assert!(matches!(
+            bgrx_to_i420_scalar(&src, &mut dst),
+            Err(ConvertError::Short { .. })
+        ));
     }
 }

@@ -127,7 +127,10 @@ impl VideoEncoder for Openh264Encoder {
             (s.width as usize, s.height as usize),
             picture.strides(),
         );
-        let bitstream = self.encoder.encode(&source).map_err(|_| EncodeError::Encode)?;
+        let bitstream = self
+            .encoder
+            .encode(&source)
+            .map_err(|_| EncodeError::Encode)?;
         let before = out.len();
         bitstream.write_vec(out);
         Ok(Encoded {
@@ -177,12 +180,23 @@ mod tests {
             let info = h264::inspect(&out);
             assert_eq!(got.keyframe, want_key, "frame {n}");
             assert_eq!(info.idr, want_key, "frame {n}");
-            assert_eq!(info.sps && info.pps, want_key, "frame {n}: SPS/PPS only with IDRs");
-            assert!(info.slices >= 1 && got.len == out.len(), "frame {n} is empty");
+            assert_eq!(
+                info.sps && info.pps,
+                want_key,
+                "frame {n}: SPS/PPS only with IDRs"
+            );
+            assert!(
+                info.slices >= 1 && got.len == out.len(),
+                "frame {n} is empty"
+            );
             if want_key {
                 let codec = h264::codec_string(&out).unwrap();
                 // Constrained baseline: profile 66, constraint_set1 flag.
-                assert!(codec.starts_with("avc1.42") && (u8::from_str_radix(&codec[7..9], 16).unwrap() & 0x40) != 0, "{codec}");
+                assert!(
+                    codec.starts_with("avc1.42")
+                        && (u8::from_str_radix(&codec[7..9], 16).unwrap() & 0x40) != 0,
+                    "{codec}"
+                );
             }
         }
     }

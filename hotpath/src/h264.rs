@@ -16,7 +16,10 @@ pub fn nal_units(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
         let nal = &body[..end];
         rest = &body[end..];
         // Trailing zero bytes belong to the next start code, not to this unit.
-        let trimmed = nal.iter().rposition(|&b| b != 0).map_or(&nal[..0], |i| &nal[..=i]);
+        let trimmed = nal
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(&nal[..0], |i| &nal[..=i]);
         Some(trimmed)
     })
 }
@@ -86,7 +89,11 @@ mod tests {
         let units: Vec<&[u8]> = nal_units(&au).collect();
         assert_eq!(
             units,
-            vec![&[0x67, 0x42, 0xc0, 0x20, 0xaa][..], &[0x68, 0xce], &[0x65, 0x88, 0x84]]
+            vec![
+                &[0x67, 0x42, 0xc0, 0x20, 0xaa][..],
+                &[0x68, 0xce],
+                &[0x65, 0x88, 0x84]
+            ]
         );
         assert_eq!(
             inspect(&au),

@@ -91,7 +91,11 @@ impl FrameStage {
     }
 
     /// Makes one frame. `ready` is when the frame was due; `capture_us` goes on the wire.
-    pub fn run_once(&mut self, ready: Instant, capture_us: u64) -> Result<FrameReport, PipelineError> {
+    pub fn run_once(
+        &mut self,
+        ready: Instant,
+        capture_us: u64,
+    ) -> Result<FrameReport, PipelineError> {
         let stats = &*self.stats;
         let frame = self.source.grab()?;
         bump(&stats.frames_captured, 1);
@@ -105,7 +109,9 @@ impl FrameStage {
             bump(&stats.keyframe_requests, 1);
         }
         self.out.clear();
-        let encoded = self.encoder.encode(&self.picture, want_key, &mut self.out)?;
+        let encoded = self
+            .encoder
+            .encode(&self.picture, want_key, &mut self.out)?;
         stats.encode_time.record(micros(encode_start.elapsed()));
         bump(&stats.frames_encoded, 1);
         bump(&stats.bytes_encoded, encoded.len as u64);

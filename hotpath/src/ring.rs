@@ -180,6 +180,11 @@ impl Ring {
         })
     }
 
+    /// Asks the writer for a keyframe (a viewer's decoder restarted).
+    pub fn request_keyframe(&self) {
+        self.shared.keyframe_wanted.store(true, Ordering::Release);
+    }
+
     /// Frames published so far.
     pub fn published(&self) -> u64 {
         self.shared.published.load(Ordering::Acquire)
@@ -314,7 +319,7 @@ impl RingReader {
             ..
         } = self;
         let s = &**shared;
-        let mut lag = |next: &mut u64, need_keyframe: &mut bool, published: u64| {
+        let lag = |next: &mut u64, need_keyframe: &mut bool, published: u64| {
             // Fell behind: skip to the newest frame and ask for a keyframe to restart from.
             *next = published;
             *need_keyframe = true;
@@ -453,9 +458,16 @@ mod tests {
         w.publish(true, 1, b"key0").unwrap();
         assert!(!w.take_keyframe_request());
         let mut r = ring.subscribe().unwrap();
-        assert!(w.take_keyframe_request(), "a new reader asks for a keyframe");
+        assert!(
+            w.take_keyframe_request(),
+            "a new reader asks for a keyframe"
+        );
         w.publish(false, 2, b"delta1").unwrap();
-        assert_eq!(read(&mut r), None, "deltas before the first keyframe are skipped");
+        assert_eq!(
+            read(&mut r),
+            None,
+            "deltas before the first keyframe are skipped"
+        );
         w.publish(true, 3, b"key2").unwrap();
         let (meta, bytes) = read(&mut r).unwrap();
         assert_eq!(
@@ -533,7 +545,10 @@ mod tests {
         drop(readers);
         assert_eq!(ring.readers(), 0);
         let again = ring.subscribe().unwrap();
-        assert_eq!(again.place, 0, "a reader that reconnects takes a freed place");
+        assert_eq!(
+            again.place, 0,
+            "a reader that reconnects takes a freed place"
+        );
     }
 
     #[test]

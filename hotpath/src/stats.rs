@@ -64,7 +64,10 @@ impl SampleWindow {
 
     /// The recorded samples (the last `capacity` of them), unsorted.
     pub fn snapshot(&self) -> Vec<u32> {
-        let n = self.next.load(Ordering::Relaxed).min(self.samples.len() as u64) as usize;
+        let n = self
+            .next
+            .load(Ordering::Relaxed)
+            .min(self.samples.len() as u64) as usize;
         self.samples[..n]
             .iter()
             .map(|s| s.load(Ordering::Relaxed))

@@ -38,7 +38,9 @@ pub enum XwdError {
     Version(u32),
     #[error("XWD pixmap format {0} is not ZPixmap (2)")]
     Format(u32),
-    #[error("{bits} bits per pixel at depth {depth}; only 32 bpp, depth 24 BGRX is supported (start Xvfb with -screen 0 WxHx24)")]
+    #[error(
+        "{bits} bits per pixel at depth {depth}; only 32 bpp, depth 24 BGRX is supported (start Xvfb with -screen 0 WxHx24)"
+    )]
     PixelFormat { bits: u32, depth: u32 },
     #[error("XWD byte order {0} is not LSBFirst (0), pixels would not be BGRX")]
     ByteOrder(u32),
@@ -188,7 +190,10 @@ mod tests {
         assert!(matches!(set(4, 0), Err(XwdError::Size { .. })));
         assert!(matches!(set(12, 10), Err(XwdError::Stride { .. })));
         assert!(matches!(set(0, 4), Err(XwdError::HeaderSize { .. })));
-        assert!(matches!(set(19, u32::MAX / 16), Err(XwdError::Truncated { .. })));
+        assert!(matches!(
+            set(19, u32::MAX / 16),
+            Err(XwdError::Truncated { .. })
+        ));
     }
 
     #[test]

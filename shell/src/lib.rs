@@ -1,7 +1,14 @@
 //! The `playpod` binary's library: the tokio shell around the frame pipeline.
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod cli;
 pub mod control;
+pub mod demo;
 pub mod game;
+pub mod metrics;
+pub mod pod;
+pub mod server;
+pub mod session;
+pub mod tls;
 pub mod token;

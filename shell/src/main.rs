@@ -9,7 +9,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Game(args) => playpod::game::run(&args),
         Command::Control(args) => runtime().and_then(|rt| rt.block_on(playpod::control::run(args))),
-        Command::Demo(_) | Command::Pod(_) => Err(anyhow::anyhow!("not yet")),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(playpod::demo::run(args))),
+        Command::Pod(args) => runtime().and_then(|rt| rt.block_on(playpod::pod::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

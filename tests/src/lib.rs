@@ -1,1 +1,287 @@
-//! Helpers shared by the integration tests: real Xvfb and friends, started and cleaned up.
+//! Helpers shared by the integration tests: real Xvfb and friends, started and always cleaned up.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `playpod` binary of this build profile (`cargo build -p playpod` makes it; the README's
+/// test command does that before the tests).
+pub fn playpod_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test> -> target/<profile>/playpod
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = dir.join("playpod");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p playpod` (same profile) before these tests",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn display_taken(n: u32) -> bool {
+    Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+}
+
+/// A real Xvfb on a free display, killed (and its framebuffer removed) on drop.
+#[derive(Debug)]
+pub struct Xvfb {
+    child: Child,
+    pub display: u32,
+    pub fbdir: tempfile::TempDir,
+}
+
+impl Xvfb {
+    /// Starts `Xvfb :N -screen 0 WxHx24 -fbdir DIR` on the first free display from a
+    /// per-process offset (tests run in parallel) and waits until it accepts clients.
+    pub fn start(width: u32, height: u32) -> Self {
+        assert!(have("Xvfb"), "Xvfb is not installed (apt-get install xvfb)");
+        let shm = Path::new("/dev/shm");
+        let fbdir = tempfile::Builder::new()
+            .prefix("playpod-test-fb-")
+            .tempdir_in(if shm.is_dir() {
+                shm.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            })
+            .expect("temp dir");
+        let mut n = 200 + (std::process::id() % 500);
+        loop {
+            while display_taken(n) {
+                n += 1;
+            }
+            let mut child = Command::new("Xvfb")
+                .arg(format!(":{n}"))
+                .args(["-screen", "0", &format!("{width}x{height}x24")])
+                .args(["-nolisten", "tcp", "-noreset", "-fbdir"])
+                .arg(fbdir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start Xvfb");
+            let started = Instant::now();
+            let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+            loop {
+                if child.try_wait().expect("wait Xvfb").is_some() {
+                    break; // lost a race for the display; try the next one
+                }
+                if socket.exists() && fbdir.path().join("Xvfb_screen0").exists() {
+                    return Self {
+                        child,
+                        display: n,
+                        fbdir,
+                    };
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "Xvfb :{n} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n += 1;
+        }
+    }
+
+    /// `:N`
+    pub fn name(&self) -> String {
+        format!(":{}", self.display)
+    }
+
+    /// The framebuffer file.
+    pub fn framebuffer(&self) -> PathBuf {
+        self.fbdir.path().join("Xvfb_screen0")
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the built-in game (`playpod game`) on a display.
+pub fn start_game(display: &str, scene: &str, size: (u32, u32)) -> Guard {
+    let child = Command::new(playpod_bin())
+        .args(["game", "--display", display, "--scene", scene])
+        .args(["--size", &format!("{}x{}", size.0, size.1)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start playpod game");
+    Guard(child)
+}
+
+/// A `playpod` process that printed its `playpod: open URL` line.
+#[derive(Debug)]
+pub struct Served {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Served {
+    /// Starts `playpod ARGS... --listen 127.0.0.1:0` and waits for the URL line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(playpod_bin())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start playpod");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("playpod: open ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("playpod {args:?} printed no URL within 30 s (exit: {status:?})");
+            }
+        };
+        Self { child, url }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn origin(&self) -> String {
+        let rest = self.url.split_once("://").map_or("", |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or("");
+        format!("http://{host}")
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        playpod_ffi::terminate(self.child.id()).expect("signal playpod");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait playpod") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "playpod did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = playpod_ffi::terminate(self.child.id());
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Peak signal-to-noise ratio of two equally long byte pictures, in dB.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = f64::from(x) - f64::from(y);
+            d * d
+        })
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// A synthetic screen for server tests: a gradient with a bar that moves every frame.
+#[derive(Debug)]
+pub struct MovingPattern {
+    buf: Vec<u8>,
+    width: u32,
+    height: u32,
+    frame: u32,
+}
+
+impl MovingPattern {
+    pub fn new(width: u32, height: u32) -> Self {
+        let mut buf = vec![0u8; (width * height * 4) as usize];
+        for (i, px) in buf.chunks_exact_mut(4).enumerate() {
+            let (x, y) = (i as u32 % width, i as u32 / width);
+            px.copy_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, 96, 0]);
+        }
+        Self {
+            buf,
+            width,
+            height,
+            frame: 0,
+        }
+    }
+}
+
+impl playpod_hotpath::capture::FrameSource for MovingPattern {
+    fn kind(&self) -> &'static str {
+        "synthetic"
+    }
+
+    fn grab(
+        &mut self,
+    ) -> Result<playpod_hotpath::convert::BgrxFrame<'_>, playpod_hotpath::capture::CaptureError>
+    {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let bar = |n: u32| (n as usize * 8) % w;
+        let (old, new) = (bar(self.frame), bar(self.frame + 1));
+        self.frame += 1;
+        for y in 0..h {
+            for x in [old, new] {
+                for dx in 0..8.min(w - x) {
+                    let at = (y * w + x + dx) * 4;
+                    let v = if x == new {
+                        255
+                    } else {
+                        ((x + dx) * 255 / w) as u8
+                    };
+                    self.buf[at] = v;
+                    self.buf[at + 1] = if x == new { 255 } else { (y * 255 / h) as u8 };
+                    self.buf[at + 2] = if x == new { 255 } else { 96 };
+                }
+            }
+        }
+        Ok(playpod_hotpath::convert::BgrxFrame {
+            bytes: &self.buf,
+            width: self.width,
+            height: self.height,
+            stride: w * 4,
+        })
+    }
+}

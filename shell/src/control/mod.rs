@@ -1,16 +1,160 @@
 //! `playpod control`: the Kubernetes control plane that creates game sessions on demand.
+//!
+//! A session is one Pod (the catalog's game container and the playpod streamer, sharing the
+//! virtual screen's framebuffer, the X socket and the PulseAudio socket through in-memory
+//! volumes), one Service and one Ingress on `/play/<token>/`, applied with server-side apply
+//! (field manager `playpod`) and owned by the Pod. The control plane's view of the sessions is
+//! rebuilt from the cluster's labels, so it survives restarts; a reaper ends sessions past their
+//! TTL, idle (read from each streamer's `/readyz`), finished, or never ready.
+//!
+//! Layout: [`config`] (catalog and session shape, plain data), [`manifests`] (the objects, no
+//! IO), [`session`] (a session read back from its Pod), [`plane`] (kube-rs calls, view, reaper),
+//! [`probe`] (the streamer's /readyz), [`api`] (HTTP), [`metrics`], [`error`].
 
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod manifests;
+pub mod metrics;
+pub mod plane;
+pub mod probe;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Args;
+
+pub use config::{Catalog, SessionConfig};
+pub use error::{Error, Result};
+pub use plane::{ControlPlane, RetryPolicy};
 
 /// `playpod control` options.
 #[derive(Debug, Clone, Args)]
 pub struct ControlArgs {
-    /// Address to serve the API on.
-    #[arg(long, default_value = "127.0.0.1:8090")]
+    /// Address to serve the API, /metrics, /healthz and /readyz on.
+    #[arg(long, default_value = "127.0.0.1:8090", env = "PLAYPOD_CONTROL_LISTEN")]
     pub listen: std::net::SocketAddr,
+    /// Bearer token the API requires (16 to 128 characters of A-Z a-z 0-9 - _).
+    #[arg(long, env = "PLAYPOD_API_TOKEN", hide_env_values = true, value_parser = crate::token::parse_token)]
+    pub api_token: Option<String>,
+    /// Namespace the sessions live in (default: the kubeconfig's or the service account's).
+    #[arg(long, env = "PLAYPOD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Game catalog, JSON `{"games":[{"name","title","image","command","args","env","resources","gpu"}]}`
+    /// (default: the built-in pong).
+    #[arg(long, env = "PLAYPOD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Session configuration, JSON (images, ingress, ttlMinutes, idleMinutes, maxSessions, ...).
+    #[arg(long, env = "PLAYPOD_SESSION_CONFIG")]
+    pub session_config: Option<PathBuf>,
+    /// Seconds between reaper passes.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reap_interval_seconds: u64,
+    /// Write the objects a session of each catalog game is made of, as YAML, into DIR and exit
+    /// (for schema validation and security checks; needs no cluster).
+    #[arg(long, value_name = "DIR")]
+    pub dump_session_manifests: Option<PathBuf>,
 }
 
 /// Runs the control plane until SIGTERM or Ctrl-C.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the control plane is not available in this build ({args:?})")
+    let catalog = match &args.catalog {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::default(),
+    };
+    let config = match &args.session_config {
+        Some(path) => SessionConfig::from_file(path)?,
+        None => SessionConfig::default(),
+    };
+
+    if let Some(dir) = &args.dump_session_manifests {
+        let namespace = args.namespace.as_deref().unwrap_or("playpod");
+        for path in manifests::dump(dir, &catalog, &config, namespace)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
+
+    let api_token = args
+        .api_token
+        .clone()
+        .context("set the API token with --api-token or PLAYPOD_API_TOKEN")?;
+    // kube's rustls needs a process-wide crypto provider; another one already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kube_config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    let client = kube::Client::try_from(kube_config).context("Kubernetes client")?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let probe = Arc::new(probe::HttpProbe::new(
+        manifests::STREAMER_PORT,
+        Duration::from_secs(2),
+    ));
+    let plane = Arc::new(ControlPlane::new(
+        client,
+        namespace.clone(),
+        catalog,
+        config,
+        probe,
+        metrics,
+        RetryPolicy::default(),
+    )?);
+    let found = plane
+        .rebuild()
+        .await
+        .context("reading the existing sessions")?;
+    tracing::info!(%namespace, sessions = found, "view rebuilt from the cluster");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(plane.clone().run_reaper(
+        Duration::from_secs(args.reap_interval_seconds),
+        wait_for(stop_rx.clone()),
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "control plane API up");
+    let app = api::router(plane, &api_token);
+    let server = axum::serve(listener, app).with_graceful_shutdown(wait_for(stop_rx));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let served = server.await;
+    reaper.abort();
+    served.context("API server")?;
+    Ok(())
+}
+
+async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

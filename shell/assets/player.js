@@ -1,0 +1,148 @@
+// playpod web player: H.264 over WebSocket, decoded with WebCodecs, drawn on a canvas.
+// Wire format: a JSON config text message, then binary messages with a 16-byte little-endian
+// header (u8 kind, u8 flags bit0=keyframe, u16 reserved, u32 sequence, u64 capture time in µs
+// since the Unix epoch) followed by one Annex-B access unit.
+'use strict';
+
+(() => {
+  const base = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
+  const wsBase = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base;
+  const canvas = document.getElementById('screen');
+  const ctx = canvas.getContext('2d', { alpha: false, desynchronized: true });
+  const statsEl = document.getElementById('stats');
+  const messageEl = document.getElementById('message');
+
+  // Everything the page measures; tests and the overlay read it.
+  const stats = (window.playpodStats = {
+    connected: false, codec: null, width: 0, height: 0,
+    messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
+    decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
+  });
+
+  function showMessage(text) {
+    messageEl.textContent = text;
+    messageEl.hidden = !text;
+  }
+
+  const nowMicros = () => (performance.timeOrigin + performance.now()) * 1000;
+
+  if (!window.isSecureContext || typeof VideoDecoder === 'undefined') {
+    showMessage(window.isSecureContext
+      ? 'This browser has no WebCodecs VideoDecoder. Use a recent Chromium, Chrome, Edge or Safari.'
+      : 'The video decoder (WebCodecs) only works on a secure page. Open this page over HTTPS ' +
+        '(start playpod with --tls-self-signed or --tls-cert/--tls-key), or as http://localhost / http://127.0.0.1 on this machine.');
+    return;
+  }
+
+  let decoder = null;
+  let waitingForKey = true;
+  let pending = null; // newest decoded frame not yet drawn
+  const latencies = [];
+
+  function draw() {
+    const frame = pending;
+    pending = null;
+    if (!frame) return;
+    if (canvas.width !== frame.displayWidth || canvas.height !== frame.displayHeight) {
+      canvas.width = frame.displayWidth;
+      canvas.height = frame.displayHeight;
+    }
+    ctx.drawImage(frame, 0, 0, frame.displayWidth, frame.displayHeight);
+    frame.close();
+    stats.framesDrawn++;
+  }
+
+  function onFrame(frame) {
+    stats.framesDecoded++;
+    latencies.push((nowMicros() - frame.timestamp) / 1000);
+    if (latencies.length > 120) latencies.shift();
+    if (pending) { pending.close(); stats.droppedFrames++; }
+    pending = frame;
+    requestAnimationFrame(draw);
+  }
+
+  function newDecoder(config, socket) {
+    if (decoder && decoder.state !== 'closed') decoder.close();
+    decoder = new VideoDecoder({
+      output: onFrame,
+      error: (e) => {
+        stats.decodeErrors++;
+        console.warn('decoder error', e);
+        waitingForKey = true;
+        newDecoder(config, socket);
+        if (socket.readyState === WebSocket.OPEN) socket.send('keyframe');
+      },
+    });
+    decoder.configure({ codec: config.codec, optimizeForLatency: true, hardwareAcceleration: 'no-preference' });
+    waitingForKey = true;
+  }
+
+  let backoff = 250;
+  function connect() {
+    const socket = new WebSocket(wsBase + 'video');
+    socket.binaryType = 'arraybuffer';
+    let config = null;
+    socket.onopen = () => { backoff = 250; };
+    socket.onmessage = (ev) => {
+      if (typeof ev.data === 'string') {
+        config = JSON.parse(ev.data);
+        stats.codec = config.codec; stats.width = config.width; stats.height = config.height;
+        newDecoder(config, socket);
+        stats.connected = true;
+        showMessage('');
+        return;
+      }
+      if (!decoder) return;
+      const view = new DataView(ev.data);
+      if (view.byteLength < 16 || view.getUint8(0) !== 1) return;
+      const key = (view.getUint8(1) & 1) === 1;
+      stats.messages++;
+      stats.bytes += view.byteLength;
+      if (key) stats.keyframes++;
+      if (waitingForKey && !key) return;
+      // A decoder falling far behind (a slow device) restarts from a fresh keyframe.
+      if (decoder.decodeQueueSize > 30) {
+        stats.droppedFrames += decoder.decodeQueueSize;
+        newDecoder(config, socket);
+        socket.send('keyframe');
+        return;
+      }
+      waitingForKey = false;
+      const captureUs = Number(view.getBigUint64(8, true));
+      decoder.decode(new EncodedVideoChunk({
+        type: key ? 'key' : 'delta',
+        timestamp: captureUs,
+        data: new Uint8Array(ev.data, 16),
+      }));
+    };
+    socket.onclose = () => {
+      stats.connected = false;
+      if (decoder && decoder.state !== 'closed') decoder.close();
+      decoder = null;
+      stats.reconnects++;
+      showMessage(`Disconnected; reconnecting in ${(backoff / 1000).toFixed(1)} s…`);
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 5000);
+    };
+  }
+
+  let last = { t: performance.now(), frames: 0, bytes: 0 };
+  setInterval(() => {
+    const t = performance.now();
+    const dt = (t - last.t) / 1000;
+    stats.fps = Math.round((stats.framesDecoded - last.frames) / dt);
+    stats.kbps = Math.round(((stats.bytes - last.bytes) * 8) / 1000 / dt);
+    last = { t, frames: stats.framesDecoded, bytes: stats.bytes };
+    stats.decodeQueue = decoder ? decoder.decodeQueueSize : 0;
+    const sorted = [...latencies].sort((a, b) => a - b);
+    stats.latencyMs = sorted.length ? Math.round(sorted[Math.floor(sorted.length / 2)] * 10) / 10 : null;
+    statsEl.textContent =
+      `${stats.connected ? stats.width + 'x' + stats.height + ' ' + stats.codec : 'connecting…'}\n` +
+      `${stats.fps} fps  ${stats.kbps} kbit/s\n` +
+      `latency ${stats.latencyMs ?? '–'} ms  queue ${stats.decodeQueue}\n` +
+      `dropped ${stats.droppedFrames}  errors ${stats.decodeErrors}`;
+  }, 500);
+
+  showMessage('Connecting…');
+  connect();
+})();

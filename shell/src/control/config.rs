@@ -1,0 +1,401 @@
+//! What the control plane is told: the game catalog and the shape of a session (images, ingress,
+//! lifetimes, limits). Both are plain data, read from JSON files that the Helm chart renders
+//! into a ConfigMap, so an operator adds a game without rebuilding anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+
+/// The games a session may run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub games: Vec<Game>,
+}
+
+/// One catalog entry: any emulator or X11 game image. The image's command is expected to start
+/// Xvfb on display `:0` with `-fbdir /run/playpod/fb` and a PulseAudio null sink on
+/// `/run/playpod/pulse/native` (the game-base image's entrypoint does both), then the game.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Game {
+    /// Short name used in the API and in labels: a DNS label of at most 40 characters.
+    pub name: String,
+    /// Human-readable title.
+    #[serde(default)]
+    pub title: String,
+    /// Container image of the game side.
+    pub image: String,
+    /// Overrides the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment of the game container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// CPU and memory of the game container. Default: [`default_game_resources`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Give the game container one `nvidia.com/gpu` (a time-slice of one where the NVIDIA device
+    /// plugin shares GPUs).
+    #[serde(default)]
+    pub gpu: bool,
+}
+
+/// How sessions are built and how long they live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Base of the URLs handed out, e.g. `https://play.example.com`; the session URL is
+    /// `<publicUrl>/play/<token>/`. Default: `https://<ingress.host>`.
+    pub public_url: Option<String>,
+    /// The playpod streamer container.
+    pub streamer: StreamerConfig,
+    pub ingress: IngressConfig,
+    /// A session ends this many minutes after it was created.
+    pub ttl_minutes: u32,
+    /// A session ends when no player or viewer has been connected for this many minutes.
+    pub idle_minutes: u32,
+    /// A session whose pod has not been ready for this long (image pull errors, crashes) ends.
+    pub startup_grace_seconds: u32,
+    /// At most this many sessions exist at once.
+    pub max_sessions: u32,
+    /// Size limit of the in-memory framebuffer volume (768x768x4 bytes fits in 4Mi).
+    pub framebuffer_size_limit: String,
+    /// Size limit of each container's writable /tmp.
+    pub tmp_size_limit: String,
+    /// Pull policy of both images (`Always` unless images are pinned by digest).
+    pub image_pull_policy: String,
+    /// The UID and GID both containers run as (non-root; above 10000).
+    pub run_as_user: i64,
+    /// Image pull secrets of session pods.
+    pub image_pull_secrets: Vec<String>,
+    /// Node selector of session pods.
+    pub node_selector: BTreeMap<String, String>,
+    /// Priority class of session pods.
+    pub priority_class_name: Option<String>,
+}
+
+/// The streamer container of a session pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StreamerConfig {
+    pub image: String,
+    pub resources: ResourceRequirements,
+    /// Extra arguments after the fixed ones (e.g. `--encoder`, `--bitrate-kbps`).
+    pub extra_args: Vec<String>,
+}
+
+/// The Ingress of a session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IngressConfig {
+    pub class_name: Option<String>,
+    pub host: Option<String>,
+    /// Secret holding the TLS certificate for `host`; no TLS section without it.
+    pub tls_secret_name: Option<String>,
+    /// Annotations, e.g. ingress-nginx's WebSocket-friendly timeouts.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The version of the streamer image matching this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+fn resources(cpu_req: &str, mem_req: &str, cpu_lim: &str, mem_lim: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", cpu_req), ("memory", mem_req)])),
+        limits: Some(quantities(&[("cpu", cpu_lim), ("memory", mem_lim)])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// What a game container gets when its catalog entry names no resources.
+pub fn default_game_resources() -> ResourceRequirements {
+    resources("500m", "256Mi", "1", "512Mi")
+}
+
+impl Default for StreamerConfig {
+    fn default() -> Self {
+        Self {
+            image: format!("ghcr.io/playpod/streamer:{VERSION}"),
+            // One core encodes 768x768 at 60 fps with openh264; the rest is headroom for viewers.
+            resources: resources("1", "256Mi", "2", "512Mi"),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        let annotations = [
+            // WebSockets live as long as a session: do not cut them after nginx's default 60 s.
+            ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
+            ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+            // Frames must not wait in a proxy buffer.
+            ("nginx.ingress.kubernetes.io/proxy-buffering", "off"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Self {
+            class_name: Some("nginx".to_owned()),
+            host: Some("play.example.com".to_owned()),
+            tls_secret_name: None,
+            annotations,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            streamer: StreamerConfig::default(),
+            ingress: IngressConfig::default(),
+            ttl_minutes: 120,
+            idle_minutes: 10,
+            startup_grace_seconds: 300,
+            max_sessions: 20,
+            framebuffer_size_limit: "16Mi".to_owned(),
+            tmp_size_limit: "64Mi".to_owned(),
+            image_pull_policy: "Always".to_owned(),
+            run_as_user: 10001,
+            image_pull_secrets: Vec::new(),
+            node_selector: BTreeMap::new(),
+            priority_class_name: None,
+        }
+    }
+}
+
+impl Default for Catalog {
+    /// The built-in game on the game-base image (which carries the playpod binary).
+    fn default() -> Self {
+        Self {
+            games: vec![Game {
+                name: "pong".to_owned(),
+                title: "Pong (built in, two players)".to_owned(),
+                image: format!("ghcr.io/playpod/game-base:{VERSION}"),
+                command: Vec::new(),
+                args: ["playpod", "game", "--display", ":0", "--scene", "pong"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                env: BTreeMap::new(),
+                resources: None,
+                gpu: false,
+            }],
+        }
+    }
+}
+
+/// A name usable as a label value and inside object names: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Longest game name: it goes into a label value (63) and reads well in a URL-free API.
+pub const MAX_GAME_NAME: usize = 40;
+
+impl Catalog {
+    /// Reads a catalog from a JSON file and checks it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read catalog {}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+
+    /// Parses and checks a catalog.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let catalog: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("bad catalog JSON: {e}")))?;
+        catalog.check()?;
+        Ok(catalog)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.games.is_empty() {
+            return Err(Error::Config("the catalog has no games".to_owned()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for game in &self.games {
+            if !is_dns_label(&game.name, MAX_GAME_NAME) {
+                return Err(Error::Config(format!(
+                    "game name {:?} must be 1 to {MAX_GAME_NAME} characters of a-z 0-9 - \
+                     (not starting or ending with -)",
+                    game.name
+                )));
+            }
+            if !seen.insert(game.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "game {:?} is listed twice",
+                    game.name
+                )));
+            }
+            if game.image.trim().is_empty() {
+                return Err(Error::Config(format!("game {:?} has no image", game.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry named `name`.
+    pub fn get(&self, name: &str) -> Option<&Game> {
+        self.games.iter().find(|g| g.name == name)
+    }
+}
+
+impl SessionConfig {
+    /// Reads a session configuration from a JSON file and checks it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read session config {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Parses and checks a session configuration.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("bad session config JSON: {e}")))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<()> {
+        if self.streamer.image.trim().is_empty() {
+            return Err(Error::Config("streamer.image is empty".to_owned()));
+        }
+        if self.ttl_minutes == 0 || self.idle_minutes == 0 {
+            return Err(Error::Config(
+                "ttlMinutes and idleMinutes must be at least 1".to_owned(),
+            ));
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            return Err(Error::Config(format!(
+                "imagePullPolicy {:?} must be Always, IfNotPresent or Never",
+                self.image_pull_policy
+            )));
+        }
+        if self.max_sessions == 0 {
+            return Err(Error::Config("maxSessions must be at least 1".to_owned()));
+        }
+        if self.run_as_user <= 0 {
+            return Err(Error::Config(
+                "runAsUser must be a non-root UID (above 0; above 10000 recommended)".to_owned(),
+            ));
+        }
+        self.base_url()?;
+        Ok(())
+    }
+
+    /// `https://host` (no trailing slash), from `publicUrl` or the ingress host.
+    pub fn base_url(&self) -> Result<String> {
+        if let Some(url) = &self.public_url {
+            let url = url.trim_end_matches('/');
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(Error::Config(format!(
+                    "publicUrl {url:?} must start with https:// or http://"
+                )));
+            }
+            return Ok(url.to_owned());
+        }
+        match &self.ingress.host {
+            Some(host) if !host.is_empty() => Ok(format!("https://{host}")),
+            _ => Err(Error::Config(
+                "set publicUrl or ingress.host so that session URLs can be made".to_owned(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = SessionConfig::default();
+        config.check().unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(SessionConfig::from_json(&json).unwrap(), config);
+        let catalog = Catalog::default();
+        let json = serde_json::to_string(&catalog).unwrap();
+        assert_eq!(Catalog::from_json(&json).unwrap(), catalog);
+        assert_eq!(
+            config.base_url().unwrap(),
+            "https://play.example.com".to_owned()
+        );
+    }
+
+    #[test]
+    fn partial_config_takes_defaults() {
+        let config =
+            SessionConfig::from_json(r#"{"publicUrl":"https://x.test/","maxSessions":3}"#).unwrap();
+        assert_eq!(config.max_sessions, 3);
+        assert_eq!(config.ttl_minutes, 120);
+        assert_eq!(config.base_url().unwrap(), "https://x.test");
+    }
+
+    #[test]
+    fn bad_catalogs_are_refused() {
+        for bad in [
+            r#"{"games":[]}"#,
+            r#"{"games":[{"name":"Pong","image":"x"}]}"#,
+            r#"{"games":[{"name":"-pong","image":"x"}]}"#,
+            r#"{"games":[{"name":"pong","image":" "}]}"#,
+            r#"{"games":[{"name":"pong","image":"x"},{"name":"pong","image":"y"}]}"#,
+            r#"{"games":[{"name":"pong","image":"x","typo":1}]}"#,
+            r#"{"games":"#,
+        ] {
+            assert!(Catalog::from_json(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for bad in [
+            r#"{"ttlMinutes":0}"#,
+            r#"{"maxSessions":0}"#,
+            r#"{"runAsUser":0}"#,
+            r#"{"publicUrl":"ftp://x"}"#,
+            r#"{"publicUrl":null,"ingress":{"host":null}}"#,
+            r#"{"streamer":{"image":""}}"#,
+            r#"{"unknown":true}"#,
+            r#"{"imagePullPolicy":"Sometimes"}"#,
+        ] {
+            assert!(SessionConfig::from_json(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("pong", 40));
+        assert!(is_dns_label("super-mario-3", 40));
+        assert!(!is_dns_label("", 40));
+        assert!(!is_dns_label("a_b", 40));
+        assert!(!is_dns_label("ab-", 40));
+        assert!(!is_dns_label(&"a".repeat(41), 40));
+    }
+}

@@ -1,0 +1,172 @@
+//! Every way the control plane can fail, as one enum: it names the error in metrics
+//! (`metric_label`) and answers it over HTTP as `{"error":"..."}` with a fitting status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// The control plane's error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No or a wrong bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// An unknown session id or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed (bad JSON, missing or unknown field, wrong method).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The game is not in the catalog.
+    #[error("unknown game {game:?}; the catalog has: {known}")]
+    UnknownGame { game: String, known: String },
+    /// The body is larger than the API accepts.
+    #[error("request body too large (at most {0} bytes)")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The session limit is reached.
+    #[error("too many sessions: the limit is {0}; delete one or wait for one to end")]
+    TooManySessions(u32),
+    /// The Kubernetes API refused or failed a request.
+    #[error("Kubernetes API: {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// A session pod's /readyz could not be read.
+    #[error("readiness probe of {target}: {reason}")]
+    Probe { target: String, reason: String },
+    /// The catalog or the session configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Writing or reading a local file failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The control plane's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a kube error with what was being done.
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// The HTTP status code the API server answered, for API errors.
+    pub fn kube_code(&self) -> Option<u16> {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            _ => None,
+        }
+    }
+
+    /// The name of this error in the `playpod_control_errors_total{kind}` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnknownGame { .. } => "unknown_game",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManySessions(_) => "too_many_sessions",
+            Self::Kube { .. } => match self.kube_code() {
+                Some(409) => "kube_conflict",
+                Some(422) => "kube_invalid",
+                Some(404) => "kube_not_found",
+                Some(_) => "kube_api",
+                None => "kube_unreachable",
+            },
+            Self::Probe { .. } => "probe",
+            Self::Config(_) => "config",
+            Self::Io(_) => "io",
+        }
+    }
+
+    /// Whether retrying the same request may succeed: the API server's 5xx and 429, and
+    /// transport failures. Conflicts (409) and invalid objects (422) will not change by retrying.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kube { .. } => match self.kube_code() {
+                Some(code) => code == 429 || code >= 500,
+                None => true,
+            },
+            _ => false,
+        }
+    }
+
+    /// The status code the control-plane API answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) | Self::UnknownGame { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Kube { .. } => match self.kube_code() {
+                // Another field manager owns these objects: the caller may retry (a new id).
+                Some(409) => StatusCode::CONFLICT,
+                // The cluster refused the objects this game's catalog entry makes.
+                Some(422) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            Self::Probe { .. } => StatusCode::BAD_GATEWAY,
+            Self::Config(_) | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = axum::Json(serde_json::json!({ "error": self.to_string() }));
+        let mut response = (status, body).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        Error::kube(
+            "apply",
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        )
+    }
+
+    #[test]
+    fn kube_errors_are_classified() {
+        assert_eq!(api(409).status(), StatusCode::CONFLICT);
+        assert_eq!(api(409).metric_label(), "kube_conflict");
+        assert!(!api(409).is_transient());
+        assert_eq!(api(422).status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!api(422).is_transient());
+        assert_eq!(api(500).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(api(500).metric_label(), "kube_api");
+        assert!(api(500).is_transient());
+        assert!(api(429).is_transient());
+        assert!(!Error::TooManySessions(1).is_transient());
+    }
+}

@@ -1,0 +1,305 @@
+//! `playpod demo`: a virtual screen (Xvfb), the built-in game on it, and the session serving it,
+//! supervised together. Stopping the demo stops every child and removes every framebuffer file
+//! and shared-memory segment it made.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::cli::DemoArgs;
+use crate::game::Scene;
+use crate::session::{self, Session};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Finds `name` on `PATH`.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn display_taken(n: u32) -> bool {
+    Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+}
+
+/// The first display number from 99 with no lock file and no socket.
+fn free_display() -> anyhow::Result<u32> {
+    (99..400)
+        .find(|&n| !display_taken(n))
+        .ok_or_else(|| anyhow!("no free X display between :99 and :399; pass --display N"))
+}
+
+/// A child we started, with a name for messages.
+struct Managed {
+    name: &'static str,
+    child: Child,
+}
+
+impl Managed {
+    fn spawn(name: &'static str, mut cmd: std::process::Command) -> anyhow::Result<Self> {
+        playpod_ffi::die_with_parent(&mut cmd);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    /// Asks the child to exit (SIGTERM), then kills it if it has not within [`STOP_TIMEOUT`].
+    async fn stop(mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = playpod_ffi::terminate(pid);
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(_) => tracing::debug!(child = self.name, "stopped"),
+            Err(_) => {
+                tracing::warn!(child = self.name, "did not stop on SIGTERM; killing it");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+/// What the virtual screen shares its framebuffer through.
+enum Framebuffer {
+    File(PathBuf),
+    Segment(i32),
+}
+
+/// The lines Xvfb wrote on stderr, and the shmid it announced.
+#[derive(Default, Clone)]
+struct XvfbOutput {
+    lines: Vec<String>,
+    shmid: Option<i32>,
+}
+
+fn watch_stderr(child: &mut Child) -> watch::Receiver<XvfbOutput> {
+    let (tx, rx) = watch::channel(XvfbOutput::default());
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "xvfb", "{line}");
+                tx.send_modify(|out| {
+                    // "screen 0 shmid 12345"
+                    if let Some(id) = line
+                        .split_once("shmid")
+                        .and_then(|(_, rest)| rest.trim().parse().ok())
+                    {
+                        out.shmid = Some(id);
+                    }
+                    out.lines.push(line);
+                    if out.lines.len() > 40 {
+                        out.lines.remove(0);
+                    }
+                });
+            }
+        });
+    }
+    rx
+}
+
+fn exit_message(name: &str, status: ExitStatus, output: &XvfbOutput) -> String {
+    let lines: Vec<&str> = output
+        .lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+    format!(
+        "{name} exited ({status}){}",
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    )
+}
+
+/// Starts Xvfb and waits until it serves the display and its framebuffer exists.
+async fn start_xvfb(
+    xvfb: &Path,
+    display: u32,
+    size: (u16, u16),
+    fbdir: &Path,
+    shmem: bool,
+) -> anyhow::Result<(Managed, Framebuffer, watch::Receiver<XvfbOutput>)> {
+    let mut cmd = std::process::Command::new(xvfb);
+    cmd.arg(format!(":{display}"))
+        .args(["-screen", "0", &format!("{}x{}x24", size.0, size.1)])
+        .args(["-nolisten", "tcp", "-noreset"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if shmem {
+        cmd.arg("-shmem");
+    } else {
+        cmd.arg("-fbdir").arg(fbdir);
+    }
+    let mut managed = Managed::spawn("Xvfb", cmd)?;
+    let output = watch_stderr(&mut managed.child);
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+    let fb_file = fbdir.join("Xvfb_screen0");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = managed.child.try_wait()? {
+            // Let the stderr reader catch up before quoting it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            bail!(
+                "{}. If display :{display} is taken, pick another with --display N; \
+                 if Xvfb is missing, install it (apt-get install xvfb)",
+                exit_message("Xvfb", status, &output.borrow())
+            );
+        }
+        let framebuffer = if shmem {
+            output.borrow().shmid.map(Framebuffer::Segment)
+        } else {
+            std::fs::metadata(&fb_file)
+                .is_ok_and(|m| m.len() > 0)
+                .then(|| Framebuffer::File(fb_file.clone()))
+        };
+        if let Some(fb) = framebuffer {
+            if socket.exists() && x11rb::connect(Some(&format!(":{display}"))).is_ok() {
+                return Ok((managed, fb, output));
+            }
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            managed.stop().await;
+            bail!("Xvfb did not become ready on :{display} within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn game_command(args: &DemoArgs, display: u32) -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe().context("cannot find the playpod executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    let scene = match args.scene {
+        Scene::Pong => "pong",
+        Scene::Plasma => "plasma",
+    };
+    cmd.arg("game")
+        .arg("--display")
+        .arg(format!(":{display}"))
+        .args(["--scene", scene])
+        .args(["--seed", &args.seed.to_string()])
+        .args([
+            "--size",
+            &format!("{}x{}", args.stream.size.0, args.stream.size.1),
+        ])
+        .args(["--fps", &args.stream.fps.to_string()])
+        .stdin(Stdio::null());
+    Ok(cmd)
+}
+
+/// Resolves when the first of the children exits, with a message saying which and how.
+async fn first_exit(
+    xvfb: &mut Managed,
+    game: &mut Managed,
+    output: &watch::Receiver<XvfbOutput>,
+) -> String {
+    tokio::select! {
+        status = xvfb.child.wait() => match status {
+            Ok(s) => exit_message(xvfb.name, s, &output.borrow()),
+            Err(e) => format!("cannot wait for Xvfb: {e}"),
+        },
+        status = game.child.wait() => match status {
+            Ok(s) => format!("the built-in game exited ({s})"),
+            Err(e) => format!("cannot wait for the game: {e}"),
+        },
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let xvfb_path = find_program("Xvfb").ok_or_else(|| {
+        anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
+    })?;
+    // Bind first: a taken port fails before anything is started.
+    let (listener, _) = session::bind(args.stream.listen)?;
+    let display = match args.display {
+        Some(n) if display_taken(n) => bail!(
+            "display :{n} is taken (a lock file or socket exists); pick another with --display N, or leave it out"
+        ),
+        Some(n) => n,
+        None => free_display()?,
+    };
+    let shm_root = Path::new("/dev/shm");
+    let fbdir = tempfile::Builder::new()
+        .prefix("playpod-fb-")
+        .tempdir_in(if shm_root.is_dir() {
+            shm_root.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        })
+        .context("cannot make a directory for the framebuffer")?;
+
+    let (mut xvfb, framebuffer, xvfb_output) = start_xvfb(
+        &xvfb_path,
+        display,
+        args.stream.size,
+        fbdir.path(),
+        args.shmem,
+    )
+    .await?;
+    let screen = format!(":{display}");
+    tracing::info!(%screen, "virtual screen ready");
+    let segment = match framebuffer {
+        Framebuffer::Segment(id) => Some(id),
+        Framebuffer::File(_) => None,
+    };
+
+    let result = async {
+        let (w, h) = (u32::from(args.stream.size.0), u32::from(args.stream.size.1));
+        let source: Box<dyn FrameSource> = match &framebuffer {
+            Framebuffer::File(path) => Box::new(FramebufferFile::open(path, w, h)?),
+            Framebuffer::Segment(id) => Box::new(FramebufferSegment::attach(*id, w, h)?),
+        };
+        let mut game = Managed::spawn("game", game_command(&args, display)?)?;
+        let session = Session::start(source, &args.stream)?;
+        let mut died = None;
+        let served = {
+            let shutdown = async {
+                tokio::select! {
+                    () = session::shutdown_signal() => {}
+                    msg = first_exit(&mut xvfb, &mut game, &xvfb_output) => {
+                        tracing::error!("{msg}");
+                        died = Some(msg);
+                    }
+                }
+            };
+            session::serve(session, listener, &args.stream, shutdown).await
+        };
+        game.stop().await;
+        served?;
+        match died {
+            Some(msg) => Err(anyhow!(msg)),
+            None => Ok(()),
+        }
+    }
+    .await;
+
+    xvfb.stop().await;
+    if let Some(id) = segment {
+        // Xvfb -shmem leaves its segment behind; it is ours to remove.
+        if let Err(err) = playpod_ffi::remove_shm_segment(id) {
+            tracing::debug!(%err, "framebuffer segment already gone");
+        }
+    }
+    drop(fbdir);
+    result
+}

@@ -1,0 +1,381 @@
+//! The HTTP and WebSocket server of one game session: the web player and the media streams
+//! under `/play/TOKEN/`, plus `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use playpod_hotpath::h264;
+use playpod_hotpath::pipeline::unix_micros;
+use playpod_hotpath::ring::{FrameMeta, ReadOutcome, Ring, RingReader};
+use serde::Serialize;
+
+use crate::assets;
+use crate::metrics::Metrics;
+use crate::token::token_matches;
+
+/// Size of the binary media header (see the wire contract).
+pub const MEDIA_HEADER_LEN: usize = 16;
+/// Media message kinds.
+pub const KIND_VIDEO: u8 = 1;
+/// A viewer whose socket does not take a message for this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The picture the session streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StreamInfo {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+}
+
+/// Liveness and activity of the session, shared with `/readyz`, `/metrics` and the pipeline.
+#[derive(Debug)]
+pub struct Health {
+    pub display_ok: AtomicBool,
+    pub encoder: &'static str,
+    pub capture: &'static str,
+    pub viewers: AtomicUsize,
+    pub players: AtomicUsize,
+    /// Unix seconds when a viewer or player was last connected.
+    last_activity: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub viewers_dropped_slow: AtomicU64,
+}
+
+impl Health {
+    pub fn new(encoder: &'static str, capture: &'static str) -> Self {
+        Self {
+            display_ok: AtomicBool::new(true),
+            encoder,
+            capture,
+            viewers: AtomicUsize::new(0),
+            players: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(unix_micros() / 1_000_000),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            viewers_dropped_slow: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity
+            .store(unix_micros() / 1_000_000, Ordering::Relaxed);
+    }
+
+    /// Seconds since someone was last connected; 0 while someone is.
+    pub fn idle_seconds(&self) -> u64 {
+        if self.viewers.load(Ordering::Relaxed) + self.players.load(Ordering::Relaxed) > 0 {
+            return 0;
+        }
+        (unix_micros() / 1_000_000).saturating_sub(self.last_activity.load(Ordering::Relaxed))
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub token: String,
+    pub ring: Ring,
+    pub stream: StreamInfo,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    fn token_ok(&self, presented: &str) -> bool {
+        token_matches(&self.token, presented)
+    }
+}
+
+/// The session's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/play/{token}", get(play_redirect))
+        .route("/play/{token}/", get(player_page))
+        .route("/play/{token}/video", get(video))
+        .route("/play/{token}/{file}", get(player_file))
+        .fallback(|| async { not_found() })
+        .with_state(state)
+}
+
+/// The one answer for every unknown path and every wrong token, so a token cannot be probed.
+pub fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        "not found\n",
+    )
+        .into_response()
+}
+
+async fn play_redirect(State(app): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    if !app.token_ok(&token) {
+        return not_found();
+    }
+    Redirect::permanent(&format!("/play/{token}/")).into_response()
+}
+
+async fn player_page(State(app): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    if !app.token_ok(&token) {
+        return not_found();
+    }
+    assets::response("index.html").unwrap_or_else(not_found)
+}
+
+async fn player_file(
+    State(app): State<Arc<AppState>>,
+    Path((token, file)): Path<(String, String)>,
+) -> Response {
+    if !app.token_ok(&token) {
+        return not_found();
+    }
+    assets::response(&file).unwrap_or_else(not_found)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Readiness {
+    ready: bool,
+    display: &'static str,
+    capture: &'static str,
+    encoder: &'static str,
+    audio: &'static str,
+    viewers: usize,
+    players: usize,
+    idle_seconds: u64,
+    frames_published: u64,
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let h = &app.health;
+    let display_ok = h.display_ok.load(Ordering::Relaxed);
+    let body = Readiness {
+        ready: display_ok,
+        display: if display_ok { "ok" } else { "down" },
+        capture: h.capture,
+        encoder: h.encoder,
+        audio: "off",
+        viewers: h.viewers.load(Ordering::Relaxed),
+        players: h.players.load(Ordering::Relaxed),
+        idle_seconds: h.idle_seconds(),
+        frames_published: app.ring.published(),
+    };
+    let status = if display_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    match app.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn video(
+    State(app): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !app.token_ok(&token) {
+        return not_found();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let reader = match app.ring.subscribe() {
+        Ok(reader) => reader,
+        Err(err) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")).into_response(),
+    };
+    ws.on_upgrade(move |socket: WebSocket| async move {
+        let (sink, stream) = socket.split();
+        stream_video(sink, stream, reader, &app).await;
+    })
+}
+
+/// Writes the binary media header for `meta` into the first 16 bytes of `buf`.
+pub fn write_media_header(buf: &mut [u8], kind: u8, meta: &FrameMeta) {
+    buf[0] = kind;
+    buf[1] = u8::from(meta.keyframe);
+    buf[2..4].copy_from_slice(&0u16.to_le_bytes());
+    buf[4..8].copy_from_slice(&(meta.seq as u32).to_le_bytes());
+    buf[8..16].copy_from_slice(&meta.capture_us.to_le_bytes());
+}
+
+/// The first text message of the video stream.
+pub fn video_config(codec: &str, stream: StreamInfo) -> String {
+    serde_json::json!({
+        "codec": codec,
+        "width": stream.width,
+        "height": stream.height,
+        "fps": stream.fps,
+    })
+    .to_string()
+}
+
+/// Counts a viewer for as long as it lives.
+struct ViewerGuard<'a>(&'a Health);
+
+impl<'a> ViewerGuard<'a> {
+    fn new(health: &'a Health) -> Self {
+        health.viewers.fetch_add(1, Ordering::Relaxed);
+        health.touch();
+        Self(health)
+    }
+}
+
+impl Drop for ViewerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one viewer: the config message, then every access unit from its ring reader, each
+/// behind the 16-byte header. Ends when the viewer goes, is too slow to take a message within
+/// [`SEND_TIMEOUT`], or the stream ends. Generic over the socket so tests can drive it.
+pub async fn stream_video<S, R>(
+    mut sink: S,
+    mut incoming: R,
+    mut reader: RingReader,
+    app: &AppState,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let _guard = ViewerGuard::new(&app.health);
+    let health = &*app.health;
+    let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + app.ring.slot_bytes());
+    let mut configured = false;
+    loop {
+        buf.clear();
+        buf.resize(MEDIA_HEADER_LEN, 0);
+        let outcome = tokio::select! {
+            outcome = std::future::poll_fn(|cx| reader.poll_read(cx, &mut buf)) => outcome,
+            msg = incoming.next() => match msg {
+                // Pings are answered by the socket itself.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // A player whose decoder restarted asks for a fresh keyframe.
+                Some(Ok(Message::Text(t))) if t.as_str() == "keyframe" => {
+                    app.ring.request_keyframe();
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+            },
+        };
+        let meta = match outcome {
+            ReadOutcome::Frame(meta) => meta,
+            ReadOutcome::Empty => continue,
+            ReadOutcome::Closed => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "the stream has ended".into(),
+                    })))
+                    .await;
+                return;
+            }
+        };
+        if !configured {
+            let codec = h264::codec_string(&buf[MEDIA_HEADER_LEN..])
+                .unwrap_or_else(|| "avc1.42E01F".to_owned());
+            let config = video_config(&codec, app.stream);
+            if !send(&mut sink, Message::Text(config.into()), health).await {
+                return;
+            }
+            configured = true;
+        }
+        write_media_header(&mut buf, KIND_VIDEO, &meta);
+        let len = buf.len() as u64;
+        if !send(
+            &mut sink,
+            Message::Binary(Bytes::copy_from_slice(&buf)),
+            health,
+        )
+        .await
+        {
+            return;
+        }
+        health.frames_sent.fetch_add(1, Ordering::Relaxed);
+        health.bytes_sent.fetch_add(len, Ordering::Relaxed);
+    }
+}
+
+async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: Message, health: &Health) -> bool {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            health.viewers_dropped_slow.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("dropping a viewer that took no data for {SEND_TIMEOUT:?}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_header_layout() {
+        let mut buf = [0xffu8; 16];
+        let meta = FrameMeta {
+            seq: 0x1_0000_0002,
+            keyframe: true,
+            capture_us: 0x0102_0304_0506_0708,
+            len: 0,
+        };
+        write_media_header(&mut buf, KIND_VIDEO, &meta);
+        assert_eq!(
+            buf,
+            [1, 1, 0, 0, 2, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1],
+            "kind, flags, reserved, u32 seq (wrapping), u64 capture time, little-endian"
+        );
+    }
+
+    #[test]
+    fn config_message() {
+        let info = StreamInfo {
+            width: 768,
+            height: 768,
+            fps: 60,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&video_config("avc1.42C01F", info)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"codec":"avc1.42C01F","width":768,"height":768,"fps":60})
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Zero heap allocations per frame in steady state: capture (in place, real Xvfb), conversion,
+//! encoding and the ring, counted by a counting global allocator on the frame thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use playpod_hotpath::capture::FramebufferFile;
+use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
+use playpod_hotpath::pipeline::{FrameStage, unix_micros};
+use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
+use playpod_hotpath::stats::PipelineStats;
+use playpod_tests::{Xvfb, start_game};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    // try_with: the allocator also runs while thread locals are torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; counting touches only
+// const-initialised thread locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, COUNT.with(Cell::get))
+}
+
+#[test]
+fn steady_state_frames_allocate_nothing() {
+    const W: u32 = 768;
+    const H: u32 = 768;
+    let xvfb = Xvfb::start(W, H);
+    // The plasma changes every pixel every frame: the encoder works as hard as it can.
+    let _game = start_game(&xvfb.name(), "plasma", (W, H));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let settings = EncoderSettings {
+        width: W,
+        height: H,
+        fps: 60,
+        bitrate_bps: 2_500_000,
+    };
+    let ring_config = RingConfig::for_picture(W, H);
+    let (ring, writer) = Ring::new(ring_config);
+    let stats = Arc::new(PipelineStats::default());
+    let mut stage = FrameStage::new(
+        Box::new(FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap()),
+        Box::new(Openh264Encoder::new(settings).unwrap()),
+        writer,
+        stats.clone(),
+        settings,
+        ring_config.slot_bytes,
+    );
+    // A viewer on another thread reads everything, as the shell would.
+    let stop = Arc::new(AtomicBool::new(false));
+    let viewer = {
+        let mut reader = ring.subscribe().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut frames = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                buf.clear();
+                if let ReadOutcome::Frame(_) =
+                    reader.read_blocking(&mut buf, Duration::from_millis(50))
+                {
+                    frames += 1;
+                }
+            }
+            frames
+        })
+    };
+
+    let mut frame = || {
+        let report = stage
+            .run_once(Instant::now(), unix_micros())
+            .expect("frame");
+        std::thread::sleep(Duration::from_millis(5));
+        report
+    };
+    // Warm-up: first IDR, encoder internals, buffers growing to their working size.
+    for _ in 0..30 {
+        frame();
+    }
+    let (keyframes, allocations) = counted(|| {
+        let mut keyframes = 0;
+        for n in 0..240 {
+            if n % 60 == 30 {
+                // A new viewer's keyframe request, mid-run: IDRs must not allocate either.
+                ring.request_keyframe();
+            }
+            keyframes += u32::from(frame().keyframe);
+        }
+        keyframes
+    });
+    stop.store(true, Ordering::Relaxed);
+    let viewed = viewer.join().unwrap();
+    assert_eq!(keyframes, 4, "the requested IDRs were made");
+    assert!(viewed > 200, "the viewer saw the frames ({viewed})");
+    assert_eq!(
+        allocations, 0,
+        "heap allocations in 240 steady-state frames"
+    );
+    // And the counter does count: one allocation is seen.
+    let (_, one) = counted(|| drop(std::hint::black_box(vec![1u8; 64])));
+    assert_eq!(one, 1);
+}
