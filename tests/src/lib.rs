@@ -231,6 +231,7 @@ pub struct MovingPattern {
     width: u32,
     height: u32,
     frame: u32,
+    noise: Option<u64>,
 }
 
 impl MovingPattern {
@@ -245,7 +246,14 @@ impl MovingPattern {
             width,
             height,
             frame: 0,
+            noise: None,
         }
+    }
+
+    /// Also fills every other row with fresh noise each frame: large access units.
+    pub fn with_noise(mut self) -> Self {
+        self.noise = Some(0x9e37_79b9_7f4a_7c15);
+        self
     }
 }
 
@@ -274,6 +282,21 @@ impl playpod_hotpath::capture::FrameSource for MovingPattern {
                     self.buf[at] = v;
                     self.buf[at + 1] = if x == new { 255 } else { (y * 255 / h) as u8 };
                     self.buf[at + 2] = if x == new { 255 } else { 96 };
+                }
+            }
+        }
+        if let Some(state) = &mut self.noise {
+            for row in self
+                .buf
+                .chunks_exact_mut(w * 4)
+                .skip(self.frame as usize % 2)
+                .step_by(2)
+            {
+                for word in row.chunks_exact_mut(8) {
+                    *state ^= *state << 13;
+                    *state ^= *state >> 7;
+                    *state ^= *state << 17;
+                    word.copy_from_slice(&state.to_le_bytes());
                 }
             }
         }
