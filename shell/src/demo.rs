@@ -230,7 +230,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
     // Bind first: a taken port fails before anything is started.
-    let (listener, _) = session::bind(args.stream.listen)?;
+    let (listener, addr) = session::bind(args.stream.listen)?;
+    let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let display = match args.display {
         Some(n) if display_taken(n) => bail!(
             "display :{n} is taken (a lock file or socket exists); pick another with --display N, or leave it out"
@@ -282,7 +283,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            session::serve(session, listener, &args.stream, shutdown).await
+            session::serve(session, listener, tls, shutdown).await
         };
         game.stop().await;
         served?;

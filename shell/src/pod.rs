@@ -24,8 +24,9 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
     if args.pulse_server.is_some() {
         tracing::info!("audio is not streamed yet; --pulse-server is ignored");
     }
+    let (listener, addr) = session::bind(args.stream.listen)?;
+    let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let source = open_source(&args)?;
-    let (listener, _) = session::bind(args.stream.listen)?;
     let session = Session::start(source, &args.stream)?;
-    session::serve(session, listener, &args.stream, session::shutdown_signal()).await
+    session::serve(session, listener, tls, session::shutdown_signal()).await
 }

@@ -143,11 +143,10 @@ pub fn player_url(addr: SocketAddr, token: &str, tls: bool) -> String {
 pub async fn serve(
     mut session: Session,
     listener: std::net::TcpListener,
-    args: &StreamArgs,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let tls = crate::tls::config(&args.tls, addr).await?;
     let app = server::router(session.state.clone());
     let handle = axum_server::Handle::new();
     let url = player_url(addr, &session.state.token, tls.is_some());

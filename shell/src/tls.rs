@@ -32,8 +32,9 @@ pub async fn config(args: &TlsArgs, listen: SocketAddr) -> anyhow::Result<Option
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    if !listen.ip().is_unspecified() {
-        names.push(listen.ip().to_string());
+    let ip = listen.ip().to_string();
+    if !listen.ip().is_unspecified() && !names.contains(&ip) {
+        names.push(ip);
     }
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
         let host = host.trim();

@@ -22,6 +22,7 @@ use x11rb::protocol::xproto::{
 };
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
 
 const W: u16 = 768;
 const H: u16 = 768;
@@ -159,7 +160,7 @@ fn find(img: &[u32], ink: Ink) -> Option<((usize, usize, usize, usize), usize)> 
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
         n += 1;
     }
-    (n > 0).then_some(((x0, y0, x1 - x0 + 1, y1 - y0 + 1), n))
+    (n > 0).then(|| ((x0, y0, x1 - x0 + 1, y1 - y0 + 1), n))
 }
 
 /// Grabs the screen until `pred` holds; panics after `timeout`.

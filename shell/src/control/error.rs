@@ -19,6 +19,9 @@ pub enum Error {
     /// The game is not in the catalog.
     #[error("unknown game {game:?}; the catalog has: {known}")]
     UnknownGame { game: String, known: String },
+    /// The path exists, the method does not.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
     /// The body is larger than the API accepts.
     #[error("request body too large (at most {0} bytes)")]
     PayloadTooLarge(usize),
@@ -76,6 +79,7 @@ impl Error {
             Self::NotFound(_) => "not_found",
             Self::BadRequest(_) => "bad_request",
             Self::UnknownGame { .. } => "unknown_game",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManySessions(_) => "too_many_sessions",
@@ -110,6 +114,7 @@ impl Error {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::UnknownGame { .. } => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config::{Catalog, Game, SessionConfig, default_game_resources};
+use super::config::{Catalog, Game, SessionConfig, default_game_resources, non_empty};
 use super::error::{Error, Result};
 
 /// Field manager of every server-side apply the control plane makes.
@@ -337,7 +337,7 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
                     .collect()
             }),
             node_selector: (!config.node_selector.is_empty()).then(|| config.node_selector.clone()),
-            priority_class_name: config.priority_class_name.clone(),
+            priority_class_name: non_empty(&config.priority_class_name).map(str::to_owned),
             tolerations: game.gpu.then(|| {
                 vec![Toleration {
                     key: Some("nvidia.com/gpu".to_owned()),
@@ -418,15 +418,15 @@ pub fn ingress(
     let ingress = &config.ingress;
     let mut metadata = owned_meta(spec, namespace, owner);
     metadata.annotations = (!ingress.annotations.is_empty()).then(|| ingress.annotations.clone());
-    let host = ingress.host.clone().filter(|h| !h.is_empty());
+    let host = non_empty(&ingress.host).map(str::to_owned);
     Ingress {
         metadata,
         spec: Some(IngressSpec {
-            ingress_class_name: ingress.class_name.clone(),
-            tls: ingress.tls_secret_name.as_ref().map(|secret| {
+            ingress_class_name: non_empty(&ingress.class_name).map(str::to_owned),
+            tls: non_empty(&ingress.tls_secret_name).map(|secret| {
                 vec![IngressTLS {
                     hosts: host.clone().map(|h| vec![h]),
-                    secret_name: Some(secret.clone()),
+                    secret_name: Some(secret.to_owned()),
                 }]
             }),
             rules: Some(vec![IngressRule {
@@ -618,6 +618,14 @@ mod tests {
         );
         assert_eq!(v["spec"]["tls"][0]["secretName"], "play-tls");
         assert_eq!(v["spec"]["tls"][0]["hosts"][0], "play.example.com");
+        // Helm's "unset" is "": no TLS section, no class, no host.
+        config.ingress.tls_secret_name = Some(String::new());
+        config.ingress.class_name = Some(String::new());
+        config.ingress.host = Some(String::new());
+        let bare = serde_json::to_value(ingress(&spec(), &config, "games", &owner)).unwrap();
+        assert!(bare["spec"].get("tls").is_none(), "{bare}");
+        assert!(bare["spec"].get("ingressClassName").is_none());
+        assert!(bare["spec"]["rules"][0].get("host").is_none());
         assert_eq!(
             v["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"],
             "3600"

@@ -130,6 +130,15 @@ impl FakeApi {
             .insert((resource.to_owned(), NAMESPACE.to_owned(), name), object);
     }
 
+    /// Removes an object behind the control plane's back.
+    pub fn remove(&self, resource: &str, name: &str) {
+        self.state.lock().unwrap().objects.remove(&(
+            resource.to_owned(),
+            NAMESPACE.to_owned(),
+            name.to_owned(),
+        ));
+    }
+
     /// Sets a pod's status, as the kubelet would.
     pub fn set_pod_status(&self, name: &str, status: Value) {
         let mut state = self.state.lock().unwrap();
@@ -166,19 +175,24 @@ fn parse_path(path: &str) -> Option<(String, String, String)> {
 }
 
 fn selector_matches(selector: &str, labels: &Value) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        match term.split_once('=') {
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|term| match term.split_once('=') {
             Some((k, v)) => labels[k].as_str() == Some(v),
             None => labels.get(term).is_some(),
-        }
-    })
+        })
 }
 
 async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
     let Some((resource, namespace, name)) = parse_path(parts.uri.path()) else {
-        return status(404, "NotFound", "the server could not find the requested resource");
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     };
     let query: BTreeMap<String, String> = parts
         .uri
@@ -231,7 +245,11 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
                 return status(422, "Invalid", "fieldManager is required for apply");
             }
             if body_json["metadata"]["name"].as_str() != Some(name.as_str()) {
-                return status(400, "BadRequest", "the name in the body differs from the URL");
+                return status(
+                    400,
+                    "BadRequest",
+                    "the name in the body differs from the URL",
+                );
             }
             let mut object = body_json;
             let existing = state.objects.get(&key).cloned();
@@ -355,13 +373,14 @@ impl ReadyProbe for FakeProbe {
 
 /// The session configuration of the tests.
 pub fn config(max_sessions: u32) -> SessionConfig {
-    let mut config = SessionConfig::default();
-    config.public_url = Some("https://play.test".to_owned());
-    config.max_sessions = max_sessions;
-    config.ttl_minutes = 120;
-    config.idle_minutes = 10;
-    config.startup_grace_seconds = 300;
-    config
+    SessionConfig {
+        public_url: Some("https://play.test".to_owned()),
+        max_sessions,
+        ttl_minutes: 120,
+        idle_minutes: 10,
+        startup_grace_seconds: 300,
+        ..SessionConfig::default()
+    }
 }
 
 /// A control plane against `api`, with the fake probe and no waiting between retries.

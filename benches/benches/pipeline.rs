@@ -1,0 +1,82 @@
+//! Per-frame costs of the hot path at 768x768 on the plasma (every pixel changes every frame).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use playpod_benches::{plasma_frames, plasma_pictures};
+use playpod_hotpath::convert::{BgrxFrame, I420Frame, bgrx_to_i420, bgrx_to_i420_scalar};
+use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
+use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
+
+const W: u16 = 768;
+const H: u16 = 768;
+
+fn convert(c: &mut Criterion) {
+    let frames = plasma_frames(W, H, 1);
+    let src = BgrxFrame {
+        bytes: &frames[0],
+        width: u32::from(W),
+        height: u32::from(H),
+        stride: usize::from(W) * 4,
+    };
+    let mut dst = I420Frame::new(u32::from(W), u32::from(H));
+    let mut g = c.benchmark_group("convert_bgrx_to_i420_768");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("simd_yuvutils", |b| {
+        b.iter(|| bgrx_to_i420(&src, &mut dst).unwrap())
+    });
+    g.bench_function("scalar_reference", |b| {
+        b.iter(|| bgrx_to_i420_scalar(&src, &mut dst).unwrap())
+    });
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let pictures = plasma_pictures(W, H, 120);
+    let settings = EncoderSettings {
+        width: u32::from(W),
+        height: u32::from(H),
+        fps: 60,
+        bitrate_bps: 2_500_000,
+    };
+    let mut encoder = Openh264Encoder::new(settings).unwrap();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut n = 0;
+    let mut g = c.benchmark_group("encode_openh264_768_plasma_2500k");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("p_frame", |b| {
+        b.iter(|| {
+            out.clear();
+            encoder
+                .encode(&pictures[n % pictures.len()], false, &mut out)
+                .unwrap();
+            n += 1;
+        })
+    });
+    g.bench_function("idr_frame", |b| {
+        b.iter(|| {
+            out.clear();
+            encoder
+                .encode(&pictures[n % pictures.len()], true, &mut out)
+                .unwrap();
+            n += 1;
+        })
+    });
+    g.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let (ring, mut writer) = Ring::new(RingConfig::for_picture(u32::from(W), u32::from(H)));
+    let mut reader = ring.subscribe().unwrap();
+    let payload = vec![0xa5u8; 6 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024);
+    writer.publish(true, 0, &payload).unwrap();
+    c.bench_function("ring_publish_and_read_6KiB", |b| {
+        b.iter(|| {
+            writer.publish(false, 1, &payload).unwrap();
+            out.clear();
+            assert!(matches!(reader.try_read(&mut out), ReadOutcome::Frame(_)));
+        })
+    });
+}
+
+criterion_group!(benches, convert, encode, ring);
+criterion_main!(benches);

@@ -1,0 +1,52 @@
+# Sourced by demo.sh and test.sh: installs the Debian packages a command needs, only when the
+# program they provide is missing. Needs root or sudo (CI runs as root).
+
+# need_program PROGRAM PACKAGE: queue PACKAGE if PROGRAM is not on PATH.
+need_program() {
+  command -v "$1" >/dev/null 2>&1 || missing_packages+=("$2")
+}
+
+# need_file FILE PACKAGE: queue PACKAGE if FILE does not exist (libraries, headers).
+need_file() {
+  [ -e "$1" ] || missing_packages+=("$2")
+}
+
+install_missing() {
+  [ ${#missing_packages[@]} -eq 0 ] && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo="sudo"
+    else
+      echo "playpod: missing packages: ${missing_packages[*]}; install them as root (apt-get install ${missing_packages[*]})" >&2
+      exit 1
+    fi
+  fi
+  echo "playpod: installing ${missing_packages[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
+  missing_packages=()
+}
+
+missing_packages=()
+
+# What building and running playpod needs everywhere.
+need_runtime() {
+  need_program Xvfb xvfb
+  need_program xauth xauth
+  # openh264 builds its assembly with nasm; without it the encoder is silently ~3x slower.
+  need_program nasm nasm
+  need_program cc gcc
+  need_program c++ g++
+  need_program pkg-config pkg-config
+}
+
+# What the tests need on top: an independent decoder, a real browser and its driver.
+need_test_tools() {
+  need_runtime
+  need_program ffmpeg ffmpeg
+  need_program chromium chromium
+  need_program chromedriver chromium-driver
+  need_program python3 python3
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing (Xvfb, nasm, FFmpeg, Chromium,
+# ChromeDriver, a Python virtualenv for the chart checks), then format, lints, unit, integration
+# and end-to-end tests, benchmarks compiled and run once, and the Helm chart checks.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/deps.sh
+need_test_tools
+install_missing
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "build (the integration tests run the playpod binary)"
+cargo build --locked -p playpod
+
+step "unit, integration and end-to-end tests"
+cargo test --locked --workspace
+
+step "benchmarks compile and run once"
+cargo test --locked -p playpod-benches --benches
+
+if [ -x tests/charts/check.sh ]; then
+  step "Helm charts and Kubernetes manifests"
+  tests/charts/check.sh
+fi
+
+step "all tests passed"

@@ -1,0 +1,393 @@
+//! The control plane's HTTP API over real HTTP, backed by a fake Kubernetes API server:
+//! authentication, every kind of bad input, the limits, and the answers of the happy path.
+
+mod control_common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use bytes::Bytes;
+use control_common::{FakeApi, FakeProbe, plane};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-api-token-0123456789";
+
+struct Harness {
+    addr: SocketAddr,
+    api: FakeApi,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {:?}", self.text))
+    }
+
+    /// Asserts a JSON error answer with this status and a message containing `needle`.
+    fn assert_error(&self, status: StatusCode, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.headers[header::CONTENT_TYPE],
+            "application/json",
+            "{}",
+            self.text
+        );
+        let body = self.json();
+        let message = body["error"].as_str().expect("an error message");
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        assert_eq!(body.as_object().unwrap().len(), 1, "only \"error\": {body}");
+    }
+}
+
+async fn start(max_sessions: u32) -> Harness {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), max_sessions);
+    let app = playpod::control::api::router(plane, TOKEN);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Harness {
+        addr,
+        api,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        let response = self
+            .http
+            .request(request.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, Some(TOKEN), None, "").await
+    }
+
+    async fn create(&self, body: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/api/sessions",
+            Some(TOKEN),
+            Some("application/json"),
+            body.to_owned(),
+        )
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        let answer = self.call(Method::GET, "/metrics", None, None, "").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answer.text
+    }
+}
+
+#[tokio::test]
+async fn the_api_needs_the_bearer_token() {
+    let h = start(5).await;
+    let wrong_tokens = [
+        None,
+        Some(""),
+        Some("test-api-token-012345678"),   // one character short
+        Some("test-api-token-0123456789x"), // one too many
+        Some("TEST-API-TOKEN-0123456789"),
+    ];
+    for path in [
+        "/api/games",
+        "/api/sessions",
+        "/api/sessions/0123456789abcdef",
+        "/api/nope",
+    ] {
+        for token in wrong_tokens {
+            let answer = h.call(Method::GET, path, token, None, "").await;
+            answer.assert_error(StatusCode::UNAUTHORIZED, "bearer token");
+            assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer");
+        }
+    }
+    // A POST without the token creates nothing, even with a perfect body.
+    let answer = h
+        .call(
+            Method::POST,
+            "/api/sessions",
+            None,
+            Some("application/json"),
+            r#"{"game":"pong"}"#,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    // Basic auth with the right secret is not a bearer token.
+    let answer = h
+        .http
+        .request(
+            Request::get(format!("http://{}/api/games", h.addr))
+                .header(header::AUTHORIZATION, format!("Basic {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert!(h.api.requests().is_empty(), "nothing reached Kubernetes");
+
+    // Health and metrics are open (they sit behind the NetworkPolicy, not the token).
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            h.call(Method::GET, path, None, None, "").await.status,
+            StatusCode::OK
+        );
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("playpod_control_errors_total{kind=\"unauthorized\"} 22"),
+        "{metrics}"
+    );
+    assert_eq!(h.get("/api/games").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn create_get_list_delete() {
+    let h = start(5).await;
+    let games = h.get("/api/games").await;
+    assert_eq!(games.status, StatusCode::OK);
+    assert_eq!(
+        games.json(),
+        json!({"games": [{"name": "pong", "title": "Pong (built in, two players)", "gpu": false}]})
+    );
+
+    let created = h.create(r#"{"game":"pong"}"#).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let session = created.json();
+    let id = session["id"].as_str().unwrap().to_owned();
+    let token = session["token"].as_str().unwrap();
+    assert_eq!(token.len(), 32, "128 bits as hex");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(
+        session["url"],
+        json!(format!("https://play.test/play/{token}/"))
+    );
+    assert!(
+        session["expiresAt"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    assert_eq!(session["game"], "pong");
+    assert_eq!(
+        created.headers[header::LOCATION],
+        format!("/api/sessions/{id}").as_str()
+    );
+
+    let one = h.get(&format!("/api/sessions/{id}")).await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.json()["token"], session["token"]);
+    let list = h.get("/api/sessions").await.json();
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(list["sessions"][0]["id"], json!(id));
+
+    let deleted = h
+        .call(
+            Method::DELETE,
+            &format!("/api/sessions/{id}"),
+            Some(TOKEN),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    h.get(&format!("/api/sessions/{id}"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, &id);
+    assert_eq!(h.get("/api/sessions").await.json(), json!({"sessions": []}));
+    assert!(h.api.names("pods").is_empty());
+
+    let metrics = h.metrics().await;
+    assert!(metrics.contains("playpod_control_sessions_created_total 1"));
+    assert!(metrics.contains("playpod_control_sessions_deleted_total 1"));
+    assert!(metrics.contains("playpod_control_sessions_active 0"));
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_a_clear_4xx() {
+    let h = start(5).await;
+    let post = |ct: Option<&'static str>, body: &'static str| {
+        h.call(Method::POST, "/api/sessions", Some(TOKEN), ct, body)
+    };
+    post(None, r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+    post(Some("text/plain"), r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+    for (body, needle) in [
+        ("", "bad JSON"),
+        ("{", "bad JSON"),
+        ("[]", "bad JSON"),
+        ("{}", "missing field `game`"),
+        (r#"{"game":7}"#, "invalid type"),
+        (r#"{"game":"pong","extra":1}"#, "unknown field `extra`"),
+        (r#"{"game":"pong"} trailing"#, "trailing characters"),
+    ] {
+        post(Some("application/json"), body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, needle);
+    }
+    h.create(r#"{"game":"tetris"}"#).await.assert_error(
+        StatusCode::BAD_REQUEST,
+        "unknown game \"tetris\"; the catalog has: pong",
+    );
+    // A charset parameter is fine.
+    let ok = h
+        .call(
+            Method::POST,
+            "/api/sessions",
+            Some(TOKEN),
+            Some("application/json; charset=utf-8"),
+            r#"{"game":"pong"}"#,
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+
+    // Too large, declared or streamed.
+    let big = format!(r#"{{"game":"{}"}}"#, "p".repeat(5000));
+    h.create(&big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "at most 4096 bytes");
+
+    // Ids: malformed and unknown.
+    for path in [
+        "/api/sessions/nope",
+        "/api/sessions/0123456789ABCDEF",
+        "/api/sessions/0123456789abcdef0",
+        "/api/sessions/0123456789abcdef",
+    ] {
+        h.get(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+        h.call(Method::DELETE, path, Some(TOKEN), None, "")
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+    }
+    h.get("/api/elsewhere")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "no such path");
+    h.call(Method::PUT, "/api/sessions", Some(TOKEN), None, "")
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+
+    let metrics = h.metrics().await;
+    for line in [
+        "playpod_control_errors_total{kind=\"unsupported_media_type\"} 2",
+        "playpod_control_errors_total{kind=\"bad_request\"} 7",
+        "playpod_control_errors_total{kind=\"unknown_game\"} 1",
+        "playpod_control_errors_total{kind=\"payload_too_large\"} 1",
+        "playpod_control_errors_total{kind=\"not_found\"} 9",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    // Only the one good request reached Kubernetes.
+    assert_eq!(h.api.names("pods").len(), 1);
+}
+
+#[tokio::test]
+async fn the_session_limit_is_429() {
+    let h = start(2).await;
+    for _ in 0..2 {
+        assert_eq!(
+            h.create(r#"{"game":"pong"}"#).await.status,
+            StatusCode::CREATED
+        );
+    }
+    h.create(r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "the limit is 2");
+    assert_eq!(h.api.names("pods").len(), 2);
+    let id = h.get("/api/sessions").await.json()["sessions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deleted = h
+        .call(
+            Method::DELETE,
+            &format!("/api/sessions/{id}"),
+            Some(TOKEN),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.create(r#"{"game":"pong"}"#).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_failures_are_json_errors() {
+    let h = start(5).await;
+    h.api.fail(Method::PATCH, "pods", 409, 1);
+    h.create(r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::CONFLICT, "injected 409");
+    h.api.fail(Method::PATCH, "services", 422, 1);
+    h.create(r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "injected 422");
+    h.api.fail(Method::PATCH, "ingresses", 500, 3);
+    h.create(r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::BAD_GATEWAY, "injected 500");
+    assert!(h.api.names("pods").is_empty(), "every failure backed out");
+    assert!(h.api.names("services").is_empty());
+    let metrics = h.metrics().await;
+    for line in [
+        "playpod_control_sessions_failed_total 3",
+        "playpod_control_errors_total{kind=\"kube_conflict\"} 1",
+        "playpod_control_errors_total{kind=\"kube_invalid\"} 1",
+        "playpod_control_sessions_active 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    // And it recovers.
+    assert_eq!(
+        h.create(r#"{"game":"pong"}"#).await.status,
+        StatusCode::CREATED
+    );
+}

@@ -1,0 +1,389 @@
+//! `playpod demo` as a user runs it: started and stopped (SIGTERM) by the test, it leaves no child
+//! process, framebuffer file, shared-memory segment or X lock file behind, with the framebuffer
+//! in a file (`-fbdir`, the default) and in a SysV segment (`--shmem`). And when Xvfb cannot
+//! start (not installed, display taken) it exits non-zero saying what to do.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use playpod_tests::{Served, Xvfb, playpod_bin};
+
+/// Demos started without `--display` take the first free display: start them one at a time.
+static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long the children and files may take to disappear once the demo has exited.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A process, identified across pid reuse by its start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    state: char,
+    start_time: u64,
+    cmdline: Vec<String>,
+}
+
+impl Proc {
+    fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ..." — comm may hold spaces and parentheses.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        Some(Self {
+            pid,
+            ppid: fields.get(1)?.parse().ok()?,
+            state: fields.first()?.chars().next()?,
+            start_time: fields.get(19)?.parse().ok()?,
+            cmdline: cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        })
+    }
+
+    fn all() -> Vec<Self> {
+        std::fs::read_dir("/proc")
+            .expect("read /proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(Self::read)
+            .collect()
+    }
+
+    /// Still running: the same process (not a reused pid) and not a zombie.
+    fn running(&self) -> bool {
+        Self::read(self.pid)
+            .is_some_and(|now| now.start_time == self.start_time && now.state != 'Z')
+    }
+
+    fn program(&self) -> &str {
+        self.cmdline
+            .first()
+            .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
+    }
+
+    fn is_xvfb(&self) -> bool {
+        self.program() == "Xvfb"
+    }
+
+    fn is_game(&self) -> bool {
+        self.program() == "playpod" && self.cmdline.get(1).is_some_and(|a| a == "game")
+    }
+
+    /// The value after `flag` on the command line.
+    fn arg_after(&self, flag: &str) -> Option<&str> {
+        let at = self.cmdline.iter().position(|a| a == flag)?;
+        self.cmdline.get(at + 1).map(String::as_str)
+    }
+}
+
+/// One row of /proc/sysvipc/shm.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Segment {
+    shmid: i32,
+    size: u64,
+    cpid: u32,
+}
+
+fn segments() -> BTreeSet<Segment> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            // key shmid perms size cpid lpid nattch ...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Segment {
+                shmid: f.get(1)?.parse().ok()?,
+                size: f.get(3)?.parse().ok()?,
+                cpid: f.get(4)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The /dev/shm/playpod-fb-* entries the demo makes for its framebuffer.
+fn framebuffer_dirs() -> BTreeSet<PathBuf> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("playpod-fb-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `done` until it holds or [`GRACE`] has passed; whether it held.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + GRACE;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn starts_and_stops_cleanly(extra: &[&str]) {
+    let _one = ONE_DEMO_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let shmem = extra.contains(&"--shmem");
+    let dirs_before = framebuffer_dirs();
+    let segments_before = segments();
+
+    let started = Instant::now();
+    let mut args = vec!["demo"];
+    args.extend_from_slice(extra);
+    let mut demo = Served::start(&args);
+    let demo_pid = demo.child.id();
+    eprintln!(
+        "demo {extra:?} serving after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Its children: a virtual screen and the game.
+    let children: Vec<Proc> = Proc::all()
+        .into_iter()
+        .filter(|p| p.ppid == demo_pid && p.state != 'Z')
+        .collect();
+    let names: Vec<String> = children.iter().map(|p| p.cmdline.join(" ")).collect();
+    let xvfb = children
+        .iter()
+        .find(|p| p.is_xvfb())
+        .unwrap_or_else(|| panic!("no Xvfb among the demo's children: {names:?}"))
+        .clone();
+    assert!(
+        children.iter().any(Proc::is_game),
+        "no `playpod game` among the demo's children: {names:?}"
+    );
+    let display: u32 = xvfb
+        .cmdline
+        .iter()
+        .find_map(|a| a.strip_prefix(':')?.parse().ok())
+        .unwrap_or_else(|| panic!("no :N on Xvfb's command line: {:?}", xvfb.cmdline));
+    let lock = PathBuf::from(format!("/tmp/.X{display}-lock"));
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+    assert!(lock.exists(), "{} missing while Xvfb runs", lock.display());
+
+    // Its framebuffer, while it runs.
+    let fb_dir = xvfb.arg_after("-fbdir").map(PathBuf::from);
+    let new_dirs: BTreeSet<PathBuf> = framebuffer_dirs()
+        .difference(&dirs_before)
+        .cloned()
+        .collect();
+    let (w, h) = (768u64, 768u64);
+    let segment = if shmem {
+        assert!(
+            fb_dir.is_none(),
+            "--shmem Xvfb got -fbdir: {:?}",
+            xvfb.cmdline
+        );
+        let ours: Vec<Segment> = segments()
+            .into_iter()
+            .filter(|s| s.cpid == xvfb.pid)
+            .collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "Xvfb -shmem should have made one segment: {ours:?}"
+        );
+        assert!(ours[0].size >= w * h * 4, "segment too small: {ours:?}");
+        Some(ours[0].clone())
+    } else {
+        let dir = fb_dir
+            .as_ref()
+            .unwrap_or_else(|| panic!("Xvfb runs without -fbdir: {:?}", xvfb.cmdline));
+        assert!(
+            dir.starts_with("/dev/shm") && new_dirs.contains(dir),
+            "framebuffer dir {} is not a new /dev/shm/playpod-fb-*: {new_dirs:?}",
+            dir.display()
+        );
+        let file = dir.join("Xvfb_screen0");
+        let len = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .len();
+        assert!(len >= w * h * 4, "{} is only {len} bytes", file.display());
+        None
+    };
+
+    // Stop it the way a user or Kubernetes does.
+    let stopping = Instant::now();
+    let status = demo.terminate();
+    eprintln!(
+        "demo {extra:?} exited ({status}) {:.2} s after SIGTERM",
+        stopping.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "demo exited with {status} on SIGTERM");
+
+    let alive = || -> Vec<String> {
+        children
+            .iter()
+            .filter(|p| p.running())
+            .map(|p| format!("{} {}", p.pid, p.cmdline.join(" ")))
+            .collect()
+    };
+    assert!(
+        eventually(|| alive().is_empty()),
+        "children still running after the demo exited: {:?}",
+        alive()
+    );
+
+    // Segments made by the demo or its children (others may come and go meanwhile).
+    let ours = |s: &Segment| s.cpid == demo_pid || children.iter().any(|p| p.pid == s.cpid);
+    let left_segments = || -> Vec<Segment> {
+        segments()
+            .into_iter()
+            .filter(|s| !segments_before.contains(s) && ours(s))
+            .collect()
+    };
+    assert!(
+        eventually(|| left_segments().is_empty()),
+        "shared-memory segments left behind: {:?}",
+        left_segments()
+    );
+    if let Some(seg) = &segment {
+        assert!(
+            !segments().iter().any(|s| s.shmid == seg.shmid),
+            "the framebuffer segment {} is still there",
+            seg.shmid
+        );
+    }
+
+    // Framebuffer dirs made while the demo ran (bar any that another Xvfb still uses).
+    let left_dirs = || -> Vec<PathBuf> {
+        let others: Vec<Proc> = Proc::all().into_iter().filter(Proc::is_xvfb).collect();
+        framebuffer_dirs()
+            .intersection(&new_dirs)
+            .filter(|d| {
+                fb_dir.as_ref() == Some(*d)
+                    || !others.iter().any(|p| p.arg_after("-fbdir") == d.to_str())
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(
+        eventually(|| left_dirs().is_empty()),
+        "framebuffer files left behind: {:?}",
+        left_dirs()
+    );
+    if let Some(dir) = &fb_dir {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+
+    assert!(
+        eventually(|| !lock.exists() && !socket.exists()),
+        "display :{display} not released: lock file {} {}, socket {} {}",
+        lock.display(),
+        if lock.exists() { "remains" } else { "gone" },
+        socket.display(),
+        if socket.exists() { "remains" } else { "gone" },
+    );
+    eprintln!(
+        "demo {extra:?}: {:.2} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn demo_with_framebuffer_file_leaves_nothing_behind() {
+    starts_and_stops_cleanly(&[]);
+}
+
+#[test]
+fn demo_with_shm_segment_leaves_nothing_behind() {
+    starts_and_stops_cleanly(&["--shmem"]);
+}
+
+/// Runs a `playpod` that is expected to fail on its own; its exit status and stderr.
+fn run_to_exit(mut cmd: Command) -> (ExitStatus, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start playpod");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait playpod") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("playpod {cmd:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+#[test]
+fn demo_without_xvfb_says_how_to_install_it() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(playpod_bin());
+    cmd.args(["demo", "--listen", "127.0.0.1:0"])
+        .env("PATH", empty.path());
+    let started = Instant::now();
+    let (status, stderr) = run_to_exit(cmd);
+    eprintln!(
+        "exited ({status}) in {:.2} s: {stderr}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!status.success(), "demo without Xvfb exited with {status}");
+    assert!(
+        stderr.contains("Xvfb"),
+        "stderr does not name Xvfb: {stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install xvfb"),
+        "stderr does not say how to install Xvfb: {stderr}"
+    );
+}
+
+#[test]
+fn demo_on_a_taken_display_says_so() {
+    let xvfb = Xvfb::start(64, 64);
+    let mut cmd = Command::new(playpod_bin());
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--display"])
+        .arg(xvfb.display.to_string());
+    let started = Instant::now();
+    let (status, stderr) = run_to_exit(cmd);
+    eprintln!(
+        "exited ({status}) in {:.2} s: {stderr}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        !status.success(),
+        "demo on a taken display exited with {status}"
+    );
+    let display = xvfb.name();
+    assert!(
+        stderr.contains(&format!("display {display}")) && stderr.contains("taken"),
+        "stderr does not say that display {display} is taken: {stderr}"
+    );
+    assert!(
+        stderr.contains("--display"),
+        "stderr does not say what to do (--display N): {stderr}"
+    );
+    // It left the Xvfb that owns the display alone.
+    assert!(
+        x11rb::connect(Some(&display)).is_ok(),
+        "the test's Xvfb on {display} no longer answers"
+    );
+}

@@ -1,0 +1,140 @@
+//! `playpod pod` streams a display someone else started, through each capture path: the
+//! `-fbdir` file and the `-shmem` segment read in place, and MIT-SHM XShmGetImage.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use playpod_tests::{Guard, Served, Xvfb, start_game};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Connects a viewer to the served session and returns (config, first 10 binary messages).
+fn watch(served: &Served) -> (serde_json::Value, Vec<Vec<u8>>) {
+    let url = served.url.replacen("http://", "ws://", 1) + "video";
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("video socket");
+            let mut config = None;
+            let mut frames = Vec::new();
+            while frames.len() < 10 {
+                let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("a message within 10 s")
+                    .expect("open")
+                    .expect("valid");
+                match msg {
+                    Message::Text(t) => config = Some(serde_json::from_str(&t).unwrap()),
+                    Message::Binary(b) => frames.push(b.to_vec()),
+                    _ => {}
+                }
+            }
+            (config.expect("config first"), frames)
+        })
+}
+
+fn check_stream(served: &Served, width: u32) {
+    let (config, frames) = watch(served);
+    assert_eq!(config["width"], width);
+    assert_eq!(frames[0][1] & 1, 1, "starts with a keyframe");
+    let info = playpod_hotpath::h264::inspect(&frames[0][16..]);
+    assert!(info.sps && info.pps && info.idr);
+}
+
+#[test]
+fn pod_reads_an_fbdir_framebuffer_in_place() {
+    let xvfb = Xvfb::start(640, 480);
+    let _game = start_game(&xvfb.name(), "pong", (640, 480));
+    let fb = xvfb.framebuffer();
+    let served = Served::start(&[
+        "pod",
+        "--display",
+        &xvfb.name(),
+        "--framebuffer",
+        fb.to_str().unwrap(),
+        "--size",
+        "640x480",
+    ]);
+    check_stream(&served, 640);
+}
+
+#[test]
+fn pod_captures_any_x_server_through_mit_shm() {
+    let xvfb = Xvfb::start(640, 480);
+    let _game = start_game(&xvfb.name(), "pong", (640, 480));
+    let served = Served::start(&["pod", "--display", &xvfb.name(), "--size", "640x480"]);
+    check_stream(&served, 640);
+}
+
+#[test]
+fn pod_reads_an_shmem_segment_in_place() {
+    // Xvfb -shmem prints "screen 0 shmid N" and leaves the segment behind: remove it after.
+    let display = 700 + std::process::id() % 200;
+    let mut child = Command::new("Xvfb")
+        .arg(format!(":{display}"))
+        .args(["-screen", "0", "640x480x24", "-nolisten", "tcp", "-shmem"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Xvfb");
+    let stderr = child.stderr.take().unwrap();
+    let xvfb = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some((_, id)) = line.split_once("shmid") {
+                let _ = tx.send(id.trim().parse::<i32>().unwrap());
+            }
+        }
+    });
+    let shmid = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("Xvfb prints its shmid");
+    let started = Instant::now();
+    while !std::path::Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let name = format!(":{display}");
+    let game = start_game(&name, "pong", (640, 480));
+    let served = Served::start(&[
+        "pod",
+        "--display",
+        &name,
+        "--shmid",
+        &shmid.to_string(),
+        "--size",
+        "640x480",
+    ]);
+    check_stream(&served, 640);
+    drop(served);
+    drop(game);
+    drop(xvfb);
+    let _ = playpod_ffi::remove_shm_segment(shmid);
+}
+
+#[test]
+fn pod_with_a_bad_framebuffer_fails_clearly() {
+    let out = Command::new(playpod_tests::playpod_bin())
+        .args([
+            "pod",
+            "--display",
+            ":0",
+            "--framebuffer",
+            "/nonexistent/Xvfb_screen0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/Xvfb_screen0"), "{err}");
+}
