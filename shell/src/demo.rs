@@ -226,6 +226,9 @@ async fn first_exit(
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Watch Ctrl-C and SIGTERM before starting anything, so that a signal at any point from here
+    // on stops the children and removes the framebuffer instead of killing the process outright.
+    let stop_signal = session::shutdown_signal();
     let xvfb_path = find_program("Xvfb").ok_or_else(|| {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
@@ -276,7 +279,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let served = {
             let shutdown = async {
                 tokio::select! {
-                    () = session::shutdown_signal() => {}
+                    () = stop_signal => {}
                     msg = first_exit(&mut xvfb, &mut game, &xvfb_output) => {
                         tracing::error!("{msg}");
                         died = Some(msg);

@@ -189,30 +189,44 @@ pub async fn serve(
             Err(err) => Err(anyhow::Error::new(err).context("the frame pipeline stopped")),
         },
     };
+    // Stop the frame thread first: its ring closes, so every viewer gets a close message and
+    // its connection ends, and the graceful shutdown below has nothing left to wait for.
+    drop(session);
     handle.graceful_shutdown(Some(Duration::from_secs(2)));
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(%err, "server ended with an error"),
         Err(err) => tracing::warn!(%err, "server task failed"),
     }
-    drop(session);
     outcome
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            tracing::warn!(%err, "cannot watch SIGTERM; only Ctrl-C stops playpod");
-            let _ = ctrl_c.await;
-            return;
-        }
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future
+/// is first polled: a signal that arrives in between (say right after the `playpod: open` line)
+/// must start the graceful shutdown, not kill the process with the default action and leave its
+/// children's framebuffer files and segments behind.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let watch = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .inspect_err(|err| tracing::warn!(%err, "cannot watch {name}"))
+            .ok()
     };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    let mut ctrl_c = watch(SignalKind::interrupt(), "Ctrl-C (SIGINT)");
+    let mut term = watch(SignalKind::terminate(), "SIGTERM");
+    async fn recv(signal: Option<&mut Signal>) {
+        match signal {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            () = recv(ctrl_c.as_mut()) => tracing::info!("Ctrl-C: stopping"),
+            () = recv(term.as_mut()) => tracing::info!("SIGTERM: stopping"),
+        }
     }
 }
 

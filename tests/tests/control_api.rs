@@ -391,3 +391,128 @@ async fn kubernetes_failures_are_json_errors() {
         StatusCode::CREATED
     );
 }
+
+fn args(listen: SocketAddr) -> playpod::control::ControlArgs {
+    playpod::control::ControlArgs {
+        listen,
+        api_token: Some(TOKEN.to_owned()),
+        kubeconfig: None,
+        namespace: None,
+        catalog: None,
+        session_config: None,
+        reap_interval_seconds: 3600,
+        dump_session_manifests: None,
+    }
+}
+
+#[tokio::test]
+async fn playpod_control_rebuilds_serves_and_stops() {
+    let api = FakeApi::start().await;
+    // A session made by an earlier control plane.
+    let earlier = plane(&api, Arc::new(FakeProbe::default()), 5)
+        .create("pong")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\n\
+             users: [{{name: nobody, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: nobody, namespace: {}}}}}]\n",
+            api.addr,
+            control_common::NAMESPACE
+        ),
+    )
+    .unwrap();
+    let session_config = dir.path().join("session.json");
+    std::fs::write(
+        &session_config,
+        r#"{"publicUrl":"https://play.test","maxSessions":2}"#,
+    )
+    .unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap();
+    drop(free);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut a = args(listen);
+    a.kubeconfig = Some(kubeconfig);
+    a.session_config = Some(session_config);
+    let server = tokio::spawn(playpod::control::serve(a, async {
+        let _ = stopped.await;
+    }));
+
+    let h = Harness {
+        addr: listen,
+        api: api.clone(),
+        http: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        let probe = h
+            .http
+            .request(
+                Request::get(format!("http://{listen}/healthz"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        if probe.is_ok_and(|r| r.status() == StatusCode::OK) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "playpod control did not come up");
+
+    // The view was rebuilt from the cluster at start; the session config file was read.
+    let list = h.get("/api/sessions").await.json();
+    assert_eq!(list["sessions"][0]["id"], json!(earlier.id));
+    assert_eq!(list["sessions"][0]["url"], json!(earlier.url));
+    assert_eq!(
+        h.create(r#"{"game":"pong"}"#).await.status,
+        StatusCode::CREATED
+    );
+    h.create(r#"{"game":"pong"}"#)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "the limit is 2");
+
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn playpod_control_refuses_bad_setups() {
+    let listen: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut no_token = args(listen);
+    no_token.api_token = None;
+    let err = playpod::control::serve(no_token, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("PLAYPOD_API_TOKEN"), "{err:#}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, r#"{"games":[{"name":"Pong!","image":"x"}]}"#).unwrap();
+    let mut bad_catalog = args(listen);
+    bad_catalog.catalog = Some(catalog);
+    let err = playpod::control::serve(bad_catalog, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("Pong!"), "{err:#}");
+
+    let mut missing = args(listen);
+    missing.session_config = Some(dir.path().join("absent.json"));
+    let err = playpod::control::serve(missing, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("absent.json"), "{err:#}");
+}

@@ -72,7 +72,7 @@ async fn auth_and_count(State(ctx): State<Ctx>, request: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !crate::token::token_matches(&ctx.api_token, presented) && !presented.is_empty() {
+        if !crate::token::token_matches(&ctx.api_token, presented) {
             let err = Error::Unauthorized;
             ctx.plane.metrics().error(&err);
             return err.into_response();

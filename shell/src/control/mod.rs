@@ -40,6 +40,9 @@ pub struct ControlArgs {
     /// Bearer token the API requires (16 to 128 characters of A-Z a-z 0-9 - _).
     #[arg(long, env = "PLAYPOD_API_TOKEN", hide_env_values = true, value_parser = crate::token::parse_token)]
     pub api_token: Option<String>,
+    /// Kubeconfig to use instead of the in-cluster service account or $KUBECONFIG.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace the sessions live in (default: the kubeconfig's or the service account's).
     #[arg(long, env = "PLAYPOD_NAMESPACE")]
     pub namespace: Option<String>,
@@ -61,6 +64,18 @@ pub struct ControlArgs {
 
 /// Runs the control plane until SIGTERM or Ctrl-C.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    serve(args, async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+}
+
+/// Runs the control plane until `shutdown` resolves, then stops serving gracefully.
+pub async fn serve(
+    args: ControlArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let catalog = match &args.catalog {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::default(),
@@ -84,9 +99,18 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         .context("set the API token with --api-token or PLAYPOD_API_TOKEN")?;
     // kube's rustls needs a process-wide crypto provider; another one already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kube_config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let kube_config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
+    };
     let namespace = args
         .namespace
         .clone()
@@ -124,8 +148,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let app = api::router(plane, &api_token);
     let server = axum::serve(listener, app).with_graceful_shutdown(wait_for(stop_rx));
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        shutdown.await;
         let _ = stop_tx.send(true);
     });
     let served = server.await;
