@@ -49,4 +49,9 @@ need_test_tools() {
   need_program chromium chromium
   need_program chromedriver chromium-driver
   need_program python3 python3
+  # The chart checks make a virtualenv; Debian's python3 needs python3-venv for that.
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing_packages+=(python3-venv)
+  fi
+  need_program curl curl
 }

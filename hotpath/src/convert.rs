@@ -44,7 +44,7 @@ impl I420Frame {
     /// An all-black frame. `width` and `height` must be even and non-zero.
     pub fn new(width: u32, height: u32) -> Self {
         assert!(
-            width > 0 && height > 0 && width % 2 == 0 && height % 2 == 0,
+            width > 0 && height > 0 && width.is_multiple_of(2) && height.is_multiple_of(2),
             "sizes are validated as even by the command line"
         );
         let y = (width * height) as usize;

@@ -144,7 +144,7 @@ pub fn parse_size(s: &str) -> Result<(u16, u16), String> {
             .trim()
             .parse()
             .map_err(|_| format!("{what} {v:?} is not a number"))?;
-        if !(16..=4096).contains(&n) || n % 2 != 0 {
+        if !(16..=4096).contains(&n) || !n.is_multiple_of(2) {
             return Err(format!("{what} {n} must be even and between 16 and 4096"));
         }
         Ok(n)

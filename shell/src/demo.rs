@@ -32,9 +32,9 @@ fn display_taken(n: u32) -> bool {
         || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
 }
 
-/// The first display number from 99 with no lock file and no socket.
-fn free_display() -> anyhow::Result<u32> {
-    (99..400)
+/// The first display number from `from` (99 at first) with no lock file and no socket.
+fn free_display(from: u32) -> anyhow::Result<u32> {
+    (from..400)
         .find(|&n| !display_taken(n))
         .ok_or_else(|| anyhow!("no free X display between :99 and :399; pass --display N"))
 }
@@ -131,6 +131,11 @@ fn exit_message(name: &str, status: ExitStatus, output: &XvfbOutput) -> String {
     )
 }
 
+/// Xvfb exited while starting (display taken, for one), with its last words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct XvfbExited(String);
+
 /// Starts Xvfb and waits until it serves the display and its framebuffer exists.
 async fn start_xvfb(
     xvfb: &Path,
@@ -160,11 +165,12 @@ async fn start_xvfb(
         if let Some(status) = managed.child.try_wait()? {
             // Let the stderr reader catch up before quoting it.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            bail!(
+            return Err(XvfbExited(format!(
                 "{}. If display :{display} is taken, pick another with --display N; \
                  if Xvfb is missing, install it (apt-get install xvfb)",
                 exit_message("Xvfb", status, &output.borrow())
-            );
+            ))
+            .into());
         }
         let framebuffer = if shmem {
             output.borrow().shmid.map(Framebuffer::Segment)
@@ -173,10 +179,11 @@ async fn start_xvfb(
                 .is_ok_and(|m| m.len() > 0)
                 .then(|| Framebuffer::File(fb_file.clone()))
         };
-        if let Some(fb) = framebuffer {
-            if socket.exists() && x11rb::connect(Some(&format!(":{display}"))).is_ok() {
-                return Ok((managed, fb, output));
-            }
+        if let Some(fb) = framebuffer
+            && socket.exists()
+            && x11rb::connect(Some(&format!(":{display}"))).is_ok()
+        {
+            return Ok((managed, fb, output));
         }
         if started.elapsed() > READY_TIMEOUT {
             managed.stop().await;
@@ -235,12 +242,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Bind first: a taken port fails before anything is started.
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
-    let display = match args.display {
+    let mut display = match args.display {
         Some(n) if display_taken(n) => bail!(
             "display :{n} is taken (a lock file or socket exists); pick another with --display N, or leave it out"
         ),
         Some(n) => n,
-        None => free_display()?,
+        None => free_display(99)?,
     };
     let shm_root = Path::new("/dev/shm");
     let fbdir = tempfile::Builder::new()
@@ -252,14 +259,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
         .context("cannot make a directory for the framebuffer")?;
 
-    let (mut xvfb, framebuffer, xvfb_output) = start_xvfb(
-        &xvfb_path,
-        display,
-        args.stream.size,
-        fbdir.path(),
-        args.shmem,
-    )
-    .await?;
+    let mut attempts = 0;
+    let (mut xvfb, framebuffer, xvfb_output) = loop {
+        match start_xvfb(
+            &xvfb_path,
+            display,
+            args.stream.size,
+            fbdir.path(),
+            args.shmem,
+        )
+        .await
+        {
+            Ok(started) => break started,
+            // Another X server (another demo started at the same moment) may have taken the
+            // display we picked before our Xvfb could: try the next free one, a little later.
+            Err(err) if args.display.is_none() && attempts < 5 && err.is::<XvfbExited>() => {
+                let failed = display; // `display` is a name inside tracing's macros
+                tracing::debug!(%err, failed, "Xvfb did not start; trying the next display");
+                attempts += 1;
+                let jitter = u64::from(std::process::id() % 32);
+                tokio::time::sleep(Duration::from_millis(10 + jitter)).await;
+                display = free_display(display + 1)?;
+            }
+            Err(err) => return Err(err),
+        }
+    };
     let screen = format!(":{display}");
     tracing::info!(%screen, "virtual screen ready");
     let segment = match framebuffer {

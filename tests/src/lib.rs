@@ -102,10 +102,27 @@ impl Xvfb {
     pub fn framebuffer(&self) -> PathBuf {
         self.fbdir.path().join("Xvfb_screen0")
     }
+
+    /// Stops the server with SIGTERM (killed if it has not exited within 5 s), so that it
+    /// removes its lock file and socket, which dropping it (SIGKILL) leaves behind.
+    pub fn stop(self) {
+        drop(self);
+    }
 }
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // SIGTERM first, so Xvfb removes its lock file and socket; SIGKILL if it lingers.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = playpod_ffi::terminate(self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -386,4 +386,5 @@ fn demo_on_a_taken_display_says_so() {
         x11rb::connect(Some(&display)).is_ok(),
         "the test's Xvfb on {display} no longer answers"
     );
+    xvfb.stop();
 }
