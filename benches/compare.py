@@ -101,7 +101,7 @@ def measure_ffmpeg(display, size, seconds, warmup, bitrate_kbps, workdir):
     ff = subprocess.Popen(
         ["ffmpeg", "-v", "error", "-f", "x11grab", "-framerate", "60", "-video_size", size,
          "-i", display, "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-         "-pix_fmt", "yuv420p", "-b:v", f"{bitrate_kbps}k", "-progress", progress, "-y",
+         "-pix_fmt", "yuv420p", "-b:v", f"{bitrate_kbps}k", "-progress", progress, "-flush_packets", "1", "-y",
          "-f", "h264", out],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -263,7 +263,7 @@ impl Drop for ViewerGuard<'_> {
 
 /// Serves one viewer: the config message, then every access unit from its ring reader, each
 /// behind the 16-byte header. Ends when the viewer goes, is too slow to take a message within
-/// [`SEND_TIMEOUT`], or the stream ends. Generic over the socket so tests can drive it.
+/// ten seconds, or the stream ends. Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,

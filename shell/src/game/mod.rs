@@ -110,7 +110,7 @@ enum SceneState {
         gcs: Vec<Gcontext>,
     },
     Plasma {
-        plasma: Plasma,
+        plasma: Box<Plasma>,
         pixels: Vec<u8>,
     },
 }
@@ -130,7 +130,10 @@ impl SceneState {
         let (w, h) = args.size;
         let plasma = Plasma::new(args.seed, w, h, window.image_format()?);
         let pixels = vec![0; plasma.len()];
-        Ok(SceneState::Plasma { plasma, pixels })
+        Ok(SceneState::Plasma {
+            plasma: Box::new(plasma),
+            pixels,
+        })
     }
 
     /// Advances to frame `frame` and draws it into the window's back buffer.

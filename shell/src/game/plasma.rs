@@ -3,7 +3,7 @@
 //!
 //! Per frame it fills three small tables (columns, rows, diagonals) from a sine table; a pixel is
 //! a palette entry picked by the sum of its three table values plus a palette shift. Between two
-//! frames each table value moves by at most 1 and the shift by [`SHIFT`], so every palette index
+//! frames each table value moves by at most 1 and the shift by `SHIFT`, so every palette index
 //! moves by 3..=9 and every pixel changes (the palette has no equal entries that close).
 
 use super::render::PixelFormat;
