@@ -12,7 +12,7 @@ use crate::capture::{CaptureError, FrameSource};
 use crate::clock::FrameClock;
 use crate::convert::{self, ConvertError, I420Frame};
 use crate::encode::{EncodeError, EncoderSettings, VideoEncoder};
-use crate::ring::{PublishError, RingWriter};
+use crate::ring::{PublishError, Ring, RingConfig, RingWriter};
 use crate::stats::{PipelineStats, bump};
 
 /// Why the frame thread stopped.
@@ -83,6 +83,27 @@ impl FrameStage {
             writer,
             stats,
         }
+    }
+
+    /// A stage publishing into a new ring sized for the picture ([`RingConfig::for_picture`]),
+    /// with fresh statistics: the usual way to build one.
+    pub fn with_ring(
+        source: Box<dyn FrameSource>,
+        encoder: Box<dyn VideoEncoder>,
+        settings: EncoderSettings,
+    ) -> (Self, Ring, Arc<PipelineStats>) {
+        let config = RingConfig::for_picture(settings.width, settings.height);
+        let (ring, writer) = Ring::new(config);
+        let stats = Arc::new(PipelineStats::default());
+        let stage = Self::new(
+            source,
+            encoder,
+            writer,
+            stats.clone(),
+            settings,
+            config.slot_bytes,
+        );
+        (stage, ring, stats)
     }
 
     /// Whether anyone is reading the ring.

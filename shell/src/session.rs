@@ -10,8 +10,6 @@ use anyhow::{Context as _, bail};
 use playpod_hotpath::capture::FrameSource;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
 use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig};
-use playpod_hotpath::ring::{Ring, RingConfig};
-use playpod_hotpath::stats::PipelineStats;
 
 use crate::cli::{EncoderChoice, StreamArgs};
 use crate::metrics::Metrics;
@@ -67,9 +65,6 @@ impl Session {
             bitrate_bps: args.bitrate_kbps * 1000,
         };
         let encoder = make_encoder(args.encoder, settings)?;
-        let ring_config = RingConfig::for_picture(width, height);
-        let (ring, writer) = Ring::new(ring_config);
-        let stats = Arc::new(PipelineStats::default());
         let health = Arc::new(Health::new(encoder.name(), source.kind()));
         tracing::info!(
             capture = source.kind(),
@@ -79,14 +74,7 @@ impl Session {
             bitrate_kbps = args.bitrate_kbps,
             "starting the frame pipeline"
         );
-        let stage = FrameStage::new(
-            source,
-            encoder,
-            writer,
-            stats.clone(),
-            settings,
-            ring_config.slot_bytes,
-        );
+        let (stage, ring, stats) = FrameStage::with_ring(source, encoder, settings);
         let pipeline = Pipeline::spawn(
             stage,
             PipelineConfig {

@@ -3,6 +3,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,8 +11,7 @@ use std::time::{Duration, Instant};
 use playpod_hotpath::capture::FramebufferFile;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, unix_micros};
-use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
-use playpod_hotpath::stats::PipelineStats;
+use playpod_hotpath::ring::ReadOutcome;
 use playpod_tests::{Xvfb, start_game};
 
 struct Counting;
@@ -75,16 +75,10 @@ fn steady_state_frames_allocate_nothing() {
         fps: 60,
         bitrate_bps: 2_500_000,
     };
-    let ring_config = RingConfig::for_picture(W, H);
-    let (ring, writer) = Ring::new(ring_config);
-    let stats = Arc::new(PipelineStats::default());
-    let mut stage = FrameStage::new(
+    let (mut stage, ring, _stats) = FrameStage::with_ring(
         Box::new(FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap()),
         Box::new(Openh264Encoder::new(settings).unwrap()),
-        writer,
-        stats.clone(),
         settings,
-        ring_config.slot_bytes,
     );
     // A viewer on another thread reads everything, as the shell would.
     let stop = Arc::new(AtomicBool::new(false));

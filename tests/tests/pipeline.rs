@@ -3,14 +3,13 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+
 use std::time::Instant;
 
 use playpod_hotpath::capture::{FrameSource, FramebufferFile};
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, unix_micros};
-use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
-use playpod_hotpath::stats::PipelineStats;
+use playpod_hotpath::ring::ReadOutcome;
 use playpod_hotpath::{h264, xwd};
 use playpod_tests::{Xvfb, have, psnr};
 use x11rb::connection::Connection;
@@ -116,19 +115,12 @@ fn pictures_survive_capture_encode_and_an_independent_decoder() {
         fps: 60,
         bitrate_bps: 2_500_000,
     };
-    let ring_config = RingConfig::for_picture(W, H);
-    let (ring, writer) = Ring::new(ring_config);
-    let mut reader = ring.subscribe().unwrap();
-    let stats = Arc::new(PipelineStats::default());
-    let probe = FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap();
-    let mut stage = FrameStage::new(
-        Box::new(probe),
+    let (mut stage, ring, _stats) = FrameStage::with_ring(
+        Box::new(FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap()),
         Box::new(Openh264Encoder::new(settings).unwrap()),
-        writer,
-        stats.clone(),
         settings,
-        ring_config.slot_bytes,
     );
+    let mut reader = ring.subscribe().unwrap();
 
     let mut stream = Vec::new();
     let mut captured = Vec::new();

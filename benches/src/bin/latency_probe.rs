@@ -5,15 +5,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use playpod_hotpath::capture::FramebufferFile;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig};
-use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
-use playpod_hotpath::stats::{PipelineStats, percentile};
+use playpod_hotpath::ring::ReadOutcome;
+use playpod_hotpath::stats::percentile;
 
 struct Kill(Child);
 
@@ -96,16 +96,10 @@ fn main() {
         fps: 60,
         bitrate_bps: bitrate,
     };
-    let ring_config = RingConfig::for_picture(w, h);
-    let (ring, writer) = Ring::new(ring_config);
-    let stats = Arc::new(PipelineStats::default());
-    let stage = FrameStage::new(
+    let (stage, ring, stats) = FrameStage::with_ring(
         Box::new(FramebufferFile::open(&fb, w, h).expect("framebuffer")),
         Box::new(Openh264Encoder::new(settings).expect("encoder")),
-        writer,
-        stats.clone(),
         settings,
-        ring_config.slot_bytes,
     );
     let mut reader = ring.subscribe().unwrap();
     let viewer = std::thread::spawn(move || {

@@ -498,10 +498,11 @@ pub fn dump(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec() -> SessionSpec {
+    /// A session made on 2026-01-01 for two hours, shared by the control plane's unit tests.
+    pub(in crate::control) fn spec() -> SessionSpec {
         let created_at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         SessionSpec {
             id: "0123456789abcdef".to_owned(),

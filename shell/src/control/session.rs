@@ -136,20 +136,10 @@ fn pod_state(pod: &Pod, created_at: Timestamp) -> PodState {
 mod tests {
     use super::super::config::{Catalog, SessionConfig};
     use super::super::manifests;
+    use super::super::manifests::tests::spec;
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn spec() -> SessionSpec {
-        let created_at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        SessionSpec {
-            id: "0123456789abcdef".to_owned(),
-            token: "fedcba9876543210fedcba9876543210".to_owned(),
-            game: "pong".to_owned(),
-            created_at,
-            expires_at: "2026-01-01T02:00:00Z".parse().unwrap(),
-        }
-    }
 
     #[test]
     fn a_built_pod_reads_back_as_the_same_session() {
