@@ -23,6 +23,16 @@ pub fn playpod_bin() -> PathBuf {
     bin
 }
 
+/// Runs `playpod ARGS...`, asserts that it fails, and returns what it wrote on stderr.
+pub fn playpod_fails(args: &[&str]) -> String {
+    let out = Command::new(playpod_bin())
+        .args(args)
+        .output()
+        .expect("run playpod");
+    assert!(!out.status.success(), "playpod {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")

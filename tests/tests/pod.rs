@@ -122,19 +122,14 @@ fn pod_reads_an_shmem_segment_in_place() {
 
 #[test]
 fn pod_with_a_bad_framebuffer_fails_clearly() {
-    let out = Command::new(playpod_tests::playpod_bin())
-        .args([
-            "pod",
-            "--display",
-            ":0",
-            "--framebuffer",
-            "/nonexistent/Xvfb_screen0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = playpod_tests::playpod_fails(&[
+        "pod",
+        "--display",
+        ":0",
+        "--framebuffer",
+        "/nonexistent/Xvfb_screen0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert!(err.contains("/nonexistent/Xvfb_screen0"), "{err}");
 }

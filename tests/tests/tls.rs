@@ -46,22 +46,17 @@ fn self_signed_https_serves_the_player() {
 
 #[test]
 fn missing_certificate_files_are_a_clear_error() {
-    let out = Command::new(playpod_tests::playpod_bin())
-        .args([
-            "pod",
-            "--display",
-            ":0",
-            "--framebuffer",
-            "/dev/null",
-            "--tls-cert",
-            "/nonexistent/cert.pem",
-            "--tls-key",
-            "/nonexistent/key.pem",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = playpod_tests::playpod_fails(&[
+        "pod",
+        "--display",
+        ":0",
+        "--framebuffer",
+        "/dev/null",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
     assert!(
         err.contains("/nonexistent/cert.pem"),
         "the error names the file: {err}"
