@@ -275,7 +275,9 @@ pub async fn stream_video<S, R>(
 {
     let _guard = ViewerGuard::new(&app.health);
     let health = &*app.health;
-    let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + app.ring.slot_bytes());
+    // Grows to the largest access unit this viewer sees, then stays: no allocation per frame
+    // here beyond the message handed to the socket.
+    let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
     let mut configured = false;
     loop {
         buf.clear();
