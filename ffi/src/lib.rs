@@ -8,6 +8,7 @@
 //! - [`OwnedShm`]: a private SysV segment we create for MIT-SHM `XShmGetImage`, removed
 //!   as soon as it is attached so it can never outlive the process.
 //! - [`die_with_parent`] and [`terminate`]: child processes that cannot outlive `playpod demo`.
+//! - [`CountingAllocator`]: the system allocator, counting, for zero-allocation tests.
 //!
 //! # Shared memory written by another process
 //!
@@ -20,9 +21,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod alloc_count;
 mod process;
 mod shm;
 
+pub use alloc_count::{CountingAllocator, count_allocations};
 pub use process::{die_with_parent, terminate};
 
 pub use shm::{AttachedShm, MappedFile, OwnedShm, ShmError, remove_shm_segment};
