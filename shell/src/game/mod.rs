@@ -175,7 +175,7 @@ impl SceneState {
 }
 
 /// Sets `stop` on SIGTERM or SIGINT. The handlers are installed before this returns; a tokio
-/// runtime on a small thread waits for the signals (the shell crate has no unsafe code).
+/// runtime on a small thread waits for the signals, so no raw signal handler is needed.
 fn watch_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread()
