@@ -101,6 +101,10 @@ impl Harness {
         self.call(Method::GET, path, Some(TOKEN), None, "").await
     }
 
+    async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, Some(TOKEN), None, "").await
+    }
+
     async fn create(&self, body: &str) -> Answer {
         self.call(
             Method::POST,
@@ -222,15 +226,7 @@ async fn create_get_list_delete() {
     assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
     assert_eq!(list["sessions"][0]["id"], json!(id));
 
-    let deleted = h
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{id}"),
-            Some(TOKEN),
-            None,
-            "",
-        )
-        .await;
+    let deleted = h.delete(&format!("/api/sessions/{id}")).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     h.get(&format!("/api/sessions/{id}"))
         .await
@@ -301,7 +297,7 @@ async fn every_bad_request_gets_a_clear_4xx() {
         h.get(path)
             .await
             .assert_error(StatusCode::NOT_FOUND, "no session");
-        h.call(Method::DELETE, path, Some(TOKEN), None, "")
+        h.delete(path)
             .await
             .assert_error(StatusCode::NOT_FOUND, "no session");
     }
@@ -343,15 +339,7 @@ async fn the_session_limit_is_429() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deleted = h
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{id}"),
-            Some(TOKEN),
-            None,
-            "",
-        )
-        .await;
+    let deleted = h.delete(&format!("/api/sessions/{id}")).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     assert_eq!(
         h.create(r#"{"game":"pong"}"#).await.status,
