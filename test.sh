@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing (Xvfb, nasm, FFmpeg, Chromium,
 # ChromeDriver, a Python virtualenv for the chart checks), then format, lints, unit, integration
-# and end-to-end tests, benchmarks compiled and run once, and the Helm chart checks.
+# and end-to-end tests, benchmarks compiled and run once, a short fuzz of every fuzz target, and the
+# Helm chart checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
@@ -24,6 +25,14 @@ cargo test --locked --workspace
 
 step "benchmarks compile and run once"
 cargo test --locked -p playpod-benches --benches
+
+step "fuzz smoke (each input target for about a minute; README: the long run)"
+install_cargo_fuzz
+for target in input_parse input_parse_diff; do
+  mkdir -p "fuzz/corpus/$target"
+  cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
+    -- -dict=fuzz/input.dict -max_total_time=60
+done
 
 if [ -x tests/charts/check.sh ]; then
   step "Helm charts and Kubernetes manifests"

@@ -40,6 +40,10 @@ need_runtime() {
   need_program cc gcc
   need_program c++ g++
   need_program pkg-config pkg-config
+  # Game audio: the demo's sound server, and the system libpulse and libopus playpod links.
+  need_program pulseaudio pulseaudio
+  need_file /usr/include/pulse/simple.h libpulse-dev
+  need_file /usr/include/opus/opus.h libopus-dev
 }
 
 # What the tests need on top: an independent decoder, a real browser and its driver.
@@ -54,4 +58,10 @@ need_test_tools() {
     missing_packages+=(python3-venv)
   fi
   need_program curl curl
+}
+
+# cargo-fuzz (the fuzz smoke of test.sh), from crates.io when missing. Its targets build on stable
+# with `--sanitizer none`.
+install_cargo_fuzz() {
+  cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 }

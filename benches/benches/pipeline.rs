@@ -3,7 +3,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use playpod_benches::{plasma_frames, plasma_pictures};
 use playpod_hotpath::convert::{BgrxFrame, I420Frame, bgrx_to_i420, bgrx_to_i420_scalar};
-use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
+use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, Picture, VideoEncoder};
 use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
 
 const W: u16 = 768;
@@ -46,7 +46,11 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             encoder
-                .encode(&pictures[n % pictures.len()], false, &mut out)
+                .encode(
+                    Picture::Host(&pictures[n % pictures.len()]),
+                    false,
+                    &mut out,
+                )
                 .unwrap();
             n += 1;
         })
@@ -55,7 +59,7 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             encoder
-                .encode(&pictures[n % pictures.len()], true, &mut out)
+                .encode(Picture::Host(&pictures[n % pictures.len()]), true, &mut out)
                 .unwrap();
             n += 1;
         })

@@ -9,6 +9,8 @@
 //!   as soon as it is attached so it can never outlive the process.
 //! - [`die_with_parent`] and [`terminate`]: child processes that cannot outlive `playpod demo`.
 //! - [`CountingAllocator`]: the system allocator, counting, for zero-allocation tests.
+//! - [`cuda`]: BGRX -> YUV 4:2:0 on the GPU, reading the registered framebuffer in place.
+//! - [`nvenc`]: NVENC bindings (bindgen, API 12.1) loaded at run time, and a safe session layer.
 //!
 //! # Shared memory written by another process
 //!
@@ -22,6 +24,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod alloc_count;
+pub mod cuda;
+pub mod nvenc;
 mod process;
 mod shm;
 

@@ -2,6 +2,9 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::cuda::{DeviceFrame, Gpu, GpuError, HostRegistration};
 
 /// Why a shared framebuffer could not be mapped or attached.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,8 @@ pub enum ShmError {
 /// The mapping sees every change the writer makes, with no copy and no system call per read.
 #[derive(Debug)]
 pub struct MappedFile {
+    // Declared before `map`, so dropped before it: the GPU stops using the pages first.
+    gpu: Option<HostRegistration>,
     map: memmap2::Mmap,
     path: PathBuf,
 }
@@ -61,6 +66,7 @@ impl MappedFile {
                 source,
             })?;
         Ok(Self {
+            gpu: None,
             map,
             path: path.to_owned(),
         })
@@ -69,6 +75,22 @@ impl MappedFile {
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// The `width` x `height` BGRX picture at `offset` as `gpu` reads it in place: the mapping
+    /// is registered with the GPU on the first call and stays registered while it lives.
+    pub fn gpu_frame(
+        &mut self,
+        gpu: &Arc<Gpu>,
+        offset: usize,
+        stride: usize,
+        width: u32,
+        height: u32,
+    ) -> Result<DeviceFrame<'_>, GpuError> {
+        // SAFETY: the registration lives in `self.gpu`, dropped before `self.map` (field
+        // order), so the pages stay mapped for as long as the GPU may read them.
+        let registration = unsafe { registered(&mut self.gpu, gpu, &self.map) }?;
+        registration.frame(offset, stride, width, height)
     }
 
     /// The file that is mapped.
@@ -80,6 +102,8 @@ impl MappedFile {
 /// A read-only attachment of an existing SysV shared-memory segment (Xvfb's `-shmem`).
 #[derive(Debug)]
 pub struct AttachedShm {
+    // Dropped (in `Drop`) before the segment is detached.
+    gpu: Option<HostRegistration>,
     // Invariant: `ptr` is the address `shmat` returned for segment `id`, attached read-only,
     // valid for `len` bytes until `Drop` detaches it.
     ptr: NonNull<u8>,
@@ -110,7 +134,12 @@ impl AttachedShm {
             id,
             source: io::Error::other("shmat returned a null address"),
         })?;
-        Ok(Self { ptr, len, id })
+        Ok(Self {
+            gpu: None,
+            ptr,
+            len,
+            id,
+        })
     }
 
     /// The segment's bytes.
@@ -124,10 +153,47 @@ impl AttachedShm {
     pub fn id(&self) -> i32 {
         self.id
     }
+
+    /// The `width` x `height` BGRX picture at `offset` as `gpu` reads it in place: the segment
+    /// is registered with the GPU on the first call and stays registered while attached.
+    pub fn gpu_frame(
+        &mut self,
+        gpu: &Arc<Gpu>,
+        offset: usize,
+        stride: usize,
+        width: u32,
+        height: u32,
+    ) -> Result<DeviceFrame<'_>, GpuError> {
+        // SAFETY: `ptr` is valid for `len` bytes while attached (field invariant).
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
+        // SAFETY: `Drop` drops the registration before it detaches the segment.
+        let registration = unsafe { registered(&mut self.gpu, gpu, bytes) }?;
+        registration.frame(offset, stride, width, height)
+    }
+}
+
+/// The registration in `slot` for `gpu`, made on first use.
+///
+/// # Safety
+///
+/// `bytes` must stay mapped until `slot`'s registration is dropped.
+unsafe fn registered<'a>(
+    slot: &'a mut Option<HostRegistration>,
+    gpu: &Arc<Gpu>,
+    bytes: &[u8],
+) -> Result<&'a HostRegistration, GpuError> {
+    let registration = match slot.take() {
+        Some(registration) if registration.is_for(gpu) => registration,
+        // SAFETY: the caller keeps `bytes` mapped while the registration lives.
+        _ => unsafe { HostRegistration::register(gpu, bytes) }?,
+    };
+    Ok(slot.insert(registration))
 }
 
 impl Drop for AttachedShm {
     fn drop(&mut self) {
+        // The GPU stops reading the pages before they go.
+        self.gpu = None;
         // SAFETY: `ptr` came from shmat and is detached exactly once, here.
         let rc = unsafe { libc::shmdt(self.ptr.as_ptr().cast()) };
         debug_assert_eq!(rc, 0, "shmdt of an address shmat returned cannot fail");

@@ -2,7 +2,9 @@
 //! segment), or, from any X server, MIT-SHM `XShmGetImage` into a segment of our own.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use playpod_ffi::cuda::{DeviceFrame, Gpu, GpuError};
 use playpod_ffi::{AttachedShm, MappedFile, OwnedShm, ShmError};
 use x11rb::connection::Connection;
 use x11rb::protocol::shm::ConnectionExt as _;
@@ -44,6 +46,13 @@ pub trait FrameSource: Send {
     /// The current picture, cropped to the stream size. The in-place sources allocate nothing
     /// and make no system call.
     fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError>;
+
+    /// The current picture as `gpu` reads it in place, for sources that are shared memory the
+    /// GPU can map; `Ok(None)` for the others, which [`FrameSource::grab`] then uploads.
+    fn gpu_frame(&mut self, gpu: &Arc<Gpu>) -> Result<Option<DeviceFrame<'_>>, GpuError> {
+        let _ = gpu;
+        Ok(None)
+    }
 }
 
 fn cropped(
@@ -105,6 +114,13 @@ impl FrameSource for FramebufferFile {
     fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError> {
         Ok(frame_in(self.map.bytes(), self.layout))
     }
+
+    fn gpu_frame(&mut self, gpu: &Arc<Gpu>) -> Result<Option<DeviceFrame<'_>>, GpuError> {
+        let l = self.layout;
+        self.map
+            .gpu_frame(gpu, l.pixel_offset, l.stride, l.width, l.height)
+            .map(Some)
+    }
 }
 
 /// Xvfb's `-shmem` SysV segment, attached read-only and read in place.
@@ -129,6 +145,13 @@ impl FrameSource for FramebufferSegment {
 
     fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError> {
         Ok(frame_in(self.shm.bytes(), self.layout))
+    }
+
+    fn gpu_frame(&mut self, gpu: &Arc<Gpu>) -> Result<Option<DeviceFrame<'_>>, GpuError> {
+        let l = self.layout;
+        self.shm
+            .gpu_frame(gpu, l.pixel_offset, l.stride, l.width, l.height)
+            .map(Some)
     }
 }
 

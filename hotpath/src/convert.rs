@@ -94,6 +94,11 @@ impl I420Frame {
     pub fn as_bytes(&self) -> &[u8] {
         &self.data
     }
+
+    /// The whole picture, writable (for a picture converted elsewhere, such as on the GPU).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
 }
 
 fn check(src: &BgrxFrame<'_>, dst: &I420Frame) -> Result<(), ConvertError> {

@@ -1,4 +1,4 @@
-//! H.264 encoders behind one trait: openh264 on the CPU today, NVENC on NVIDIA GPUs later.
+//! H.264 encoders behind one trait: openh264 on the CPU, NVENC on NVIDIA GPUs (`crate::gpu`).
 //!
 //! Every encoder makes a constrained-baseline stream a browser decodes with the lowest delay:
 //! no B-frames, no periodic or scene-change IDRs (an IDR only when asked), and SPS and PPS in
@@ -11,7 +11,25 @@ use openh264::encoder::{
 };
 use openh264::formats::YUVSlices;
 
+use playpod_ffi::cuda::DevicePicture;
+
 use crate::convert::I420Frame;
+
+/// The picture an encoder takes: in host memory (I420) or already on the GPU (NV12).
+#[derive(Debug, Clone, Copy)]
+pub enum Picture<'a> {
+    Host(&'a I420Frame),
+    Device(&'a DevicePicture),
+}
+
+/// Where an encoder wants its pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// I420 in host memory (openh264).
+    HostI420,
+    /// NV12 in GPU memory (NVENC).
+    DeviceNv12,
+}
 
 /// Stream settings every encoder takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +56,10 @@ pub enum EncodeError {
     Init,
     #[error("openh264 failed to encode a frame")]
     Encode,
+    #[error("the encoder was given a picture in the wrong memory or layout")]
+    WrongInput,
+    #[error("NVENC failed: {0}")]
+    Nvenc(#[from] playpod_ffi::nvenc::NvencError),
     #[error("picture is {got_w}x{got_h}, the encoder was set up for {want_w}x{want_h}")]
     Size {
         got_w: u32,
@@ -52,11 +74,16 @@ pub trait VideoEncoder: Send {
     /// A short name for logs and metrics (`openh264`, `nvenc`).
     fn name(&self) -> &'static str;
 
+    /// Where the encoder wants its pictures.
+    fn input(&self) -> InputKind {
+        InputKind::HostI420
+    }
+
     /// Encodes `picture` and appends one Annex-B access unit to `out`. With `keyframe` the
     /// access unit is an IDR with SPS and PPS. Must not allocate once `out` has capacity.
     fn encode(
         &mut self,
-        picture: &I420Frame,
+        picture: Picture<'_>,
         keyframe: bool,
         out: &mut Vec<u8>,
     ) -> Result<Encoded, EncodeError>;
@@ -106,10 +133,13 @@ impl VideoEncoder for Openh264Encoder {
 
     fn encode(
         &mut self,
-        picture: &I420Frame,
+        picture: Picture<'_>,
         keyframe: bool,
         out: &mut Vec<u8>,
     ) -> Result<Encoded, EncodeError> {
+        let Picture::Host(picture) = picture else {
+            return Err(EncodeError::WrongInput);
+        };
         let s = self.settings;
         if picture.width() != s.width || picture.height() != s.height {
             return Err(EncodeError::Size {
@@ -176,7 +206,9 @@ mod tests {
         for n in 0..40 {
             out.clear();
             let want_key = n == 0 || n == 25;
-            let got = enc.encode(&moving_picture(n), n == 25, &mut out).unwrap();
+            let got = enc
+                .encode(Picture::Host(&moving_picture(n)), n == 25, &mut out)
+                .unwrap();
             let info = h264::inspect(&out);
             assert_eq!(got.keyframe, want_key, "frame {n}");
             assert_eq!(info.idr, want_key, "frame {n}");
@@ -206,7 +238,7 @@ mod tests {
         let mut enc = Openh264Encoder::new(settings()).unwrap();
         let mut out = Vec::new();
         assert!(matches!(
-            enc.encode(&I420Frame::new(64, 64), false, &mut out),
+            enc.encode(Picture::Host(&I420Frame::new(64, 64)), false, &mut out),
             Err(EncodeError::Size { .. })
         ));
         assert!(out.is_empty());

@@ -8,11 +8,14 @@
 //! as an argument, the ring's cursors are values), so tests drive them without an X server.
 #![forbid(unsafe_code)]
 
+pub mod audio;
 pub mod capture;
 pub mod clock;
 pub mod convert;
 pub mod encode;
+pub mod gpu;
 pub mod h264;
+pub mod input;
 pub mod pipeline;
 pub mod ring;
 pub mod stats;

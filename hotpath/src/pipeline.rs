@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::capture::{CaptureError, FrameSource};
 use crate::clock::FrameClock;
 use crate::convert::{self, ConvertError, I420Frame};
-use crate::encode::{EncodeError, EncoderSettings, VideoEncoder};
+use crate::encode::{EncodeError, EncoderSettings, InputKind, Picture, VideoEncoder};
+use crate::gpu::{GpuConverter, GpuStageError};
 use crate::ring::{PublishError, Ring, RingConfig, RingWriter};
 use crate::stats::{PipelineStats, bump};
 
@@ -24,6 +25,8 @@ pub enum PipelineError {
     Convert(#[from] ConvertError),
     #[error("encoding failed: {0}")]
     Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Gpu(#[from] GpuStageError),
     #[error("the frame thread panicked")]
     Panicked,
 }
@@ -50,6 +53,8 @@ pub struct FrameStage {
     source: Box<dyn FrameSource>,
     picture: I420Frame,
     encoder: Box<dyn VideoEncoder>,
+    // After the encoder: an encoder's registration of the device picture goes first.
+    gpu: Option<GpuConverter>,
     out: Vec<u8>,
     writer: RingWriter,
     stats: Arc<PipelineStats>,
@@ -77,6 +82,7 @@ impl FrameStage {
             source,
             picture: I420Frame::new(settings.width, settings.height),
             encoder,
+            gpu: None,
             // Twice a slot: an access unit too large for the ring is still encoded whole,
             // then refused by the ring, without the buffer growing.
             out: Vec::with_capacity(slot_bytes * 2),
@@ -106,6 +112,13 @@ impl FrameStage {
         (stage, ring, stats)
     }
 
+    /// Converts on the GPU with `converter` (its layout must suit the encoder: NV12 for
+    /// NVENC, I420 for the CPU encoder).
+    pub fn with_gpu_converter(mut self, converter: GpuConverter) -> Self {
+        self.gpu = Some(converter);
+        self
+    }
+
     /// Whether anyone is reading the ring.
     pub fn has_readers(&self) -> bool {
         self.writer.readers() > 0
@@ -118,21 +131,32 @@ impl FrameStage {
         capture_us: u64,
     ) -> Result<FrameReport, PipelineError> {
         let stats = &*self.stats;
-        let frame = self.source.grab()?;
+        let convert_start = Instant::now();
+        let picture = match (&mut self.gpu, self.encoder.input()) {
+            (None, InputKind::HostI420) => {
+                let frame = self.source.grab()?;
+                convert::bgrx_to_i420(&frame, &mut self.picture)?;
+                Picture::Host(&self.picture)
+            }
+            (Some(gpu), InputKind::HostI420) => {
+                gpu.convert_to_host(&mut *self.source, &mut self.picture)?;
+                Picture::Host(&self.picture)
+            }
+            (Some(gpu), InputKind::DeviceNv12) => Picture::Device(gpu.convert(&mut *self.source)?),
+            (None, InputKind::DeviceNv12) => return Err(EncodeError::WrongInput.into()),
+        };
         bump(&stats.frames_captured, 1);
-        let converted = Instant::now();
-        convert::bgrx_to_i420(&frame, &mut self.picture)?;
         let encode_start = Instant::now();
-        stats.convert_time.record(micros(encode_start - converted));
+        stats
+            .convert_time
+            .record(micros(encode_start - convert_start));
 
         let want_key = self.writer.take_keyframe_request();
         if want_key {
             bump(&stats.keyframe_requests, 1);
         }
         self.out.clear();
-        let encoded = self
-            .encoder
-            .encode(&self.picture, want_key, &mut self.out)?;
+        let encoded = self.encoder.encode(picture, want_key, &mut self.out)?;
         stats.encode_time.record(micros(encode_start.elapsed()));
         bump(&stats.frames_encoded, 1);
         bump(&stats.bytes_encoded, encoded.len as u64);

@@ -15,6 +15,21 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../assets/player.js"),
     ),
     (
+        "audio.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/audio.js"),
+    ),
+    (
+        "audio-worklet.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/audio-worklet.js"),
+    ),
+    (
+        "input.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/input.js"),
+    ),
+    (
         "player.css",
         "text/css; charset=utf-8",
         include_str!("../assets/player.css"),

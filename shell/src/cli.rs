@@ -28,7 +28,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a virtual screen (Xvfb), the built-in two-player game on it, and serve it.
+    /// Start a virtual screen (Xvfb), a sound server (PulseAudio), the built-in two-player game
+    /// on them, and serve it.
     ///
     /// Prints one line `playpod: open http://ADDR/play/TOKEN/`. Ctrl-C or SIGTERM stops every
     /// child process and removes every framebuffer file and shared-memory segment it made.
@@ -70,11 +71,26 @@ pub struct StreamArgs {
     /// Pin the frame thread to this CPU core (default: the last core, when there are several).
     #[arg(long)]
     pub pin_core: Option<usize>,
-    /// Do not pin the frame thread to a core.
+    /// Do not pin the frame thread and the player input threads to cores.
     #[arg(long, conflicts_with = "pin_core")]
     pub no_pin: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten, next_help_heading = "Players' input")]
+    pub input: crate::input::InputArgs,
+    #[command(flatten, next_help_heading = "Game audio")]
+    pub audio: AudioArgs,
+}
+
+/// The game's sound: recorded from PulseAudio, streamed as Opus.
+#[derive(Debug, Clone, Args)]
+pub struct AudioArgs {
+    /// Do not stream the game's sound (`/readyz` says audio "off").
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Opus bitrate of the game's sound in kbit/s (stereo, 10 ms frames).
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(16..=510))]
+    pub audio_bitrate_kbps: u32,
 }
 
 /// TLS: browsers only allow WebCodecs in a secure context (HTTPS, or http://127.0.0.1).
@@ -129,9 +145,13 @@ pub struct PodArgs {
     /// The SysV shared-memory id Xvfb prints with -shmem, read in place.
     #[arg(long)]
     pub shmid: Option<i32>,
-    /// PulseAudio server to record the game's sound from (default: $PULSE_SERVER).
+    /// PulseAudio server to record the game's sound from, e.g. `unix:/run/pulse/native`
+    /// (default: $PULSE_SERVER; with neither, no audio).
     #[arg(long, env = "PULSE_SERVER")]
     pub pulse_server: Option<String>,
+    /// PulseAudio source to record: the monitor of the sink the game plays to.
+    #[arg(long, default_value = "game.monitor")]
+    pub pulse_source: String,
 }
 
 /// Parses `WxH` with both sides even and between 16 and 4096.

@@ -1,6 +1,7 @@
-//! `playpod demo`: a virtual screen (Xvfb), the built-in game on it, and the session serving it,
-//! supervised together. Stopping the demo stops every child and removes every framebuffer file
-//! and shared-memory segment it made.
+//! `playpod demo`: a virtual screen (Xvfb), a sound server (PulseAudio with a null sink), the
+//! built-in game on both, and the session serving them, supervised together. Stopping the demo
+//! stops every child and removes every framebuffer file, shared-memory segment and PulseAudio
+//! directory it made.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -12,6 +13,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::audio::AudioSource;
+use crate::audio::daemon::{self, PulseDaemon, PulseHome};
 use crate::cli::DemoArgs;
 use crate::game::Scene;
 use crate::session::{self, Session};
@@ -193,7 +196,28 @@ async fn start_xvfb(
     }
 }
 
-fn game_command(args: &DemoArgs, display: u32) -> anyhow::Result<std::process::Command> {
+/// Starts PulseAudio in `home`, or says why not (the demo then has no sound).
+async fn start_pulse(home: &PulseHome) -> Option<PulseDaemon> {
+    let Some(program) = find_program("pulseaudio") else {
+        tracing::warn!(
+            "pulseaudio is not installed (apt-get install pulseaudio): the demo has no sound"
+        );
+        return None;
+    };
+    match PulseDaemon::start(&program, home).await {
+        Ok(daemon) => Some(daemon),
+        Err(err) => {
+            tracing::warn!("{err:#}; the demo has no sound");
+            None
+        }
+    }
+}
+
+fn game_command(
+    args: &DemoArgs,
+    display: u32,
+    pulse_server: Option<&str>,
+) -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe().context("cannot find the playpod executable")?;
     let mut cmd = std::process::Command::new(exe);
     let scene = match args.scene {
@@ -211,6 +235,10 @@ fn game_command(args: &DemoArgs, display: u32) -> anyhow::Result<std::process::C
         ])
         .args(["--fps", &args.stream.fps.to_string()])
         .stdin(Stdio::null());
+    match pulse_server {
+        Some(server) => cmd.args(["--pulse-server", server]),
+        None => cmd.arg("--no-sound"),
+    };
     Ok(cmd)
 }
 
@@ -291,14 +319,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Framebuffer::File(_) => None,
     };
 
+    // The game's sound server. Without it the demo goes on silent, its audio "down".
+    let pulse_home = if args.stream.audio.no_audio {
+        None
+    } else {
+        Some(PulseHome::new()?)
+    };
+    let pulse = match &pulse_home {
+        Some(home) => start_pulse(home).await,
+        None => None,
+    };
+
     let result = async {
         let (w, h) = (u32::from(args.stream.size.0), u32::from(args.stream.size.1));
         let source: Box<dyn FrameSource> = match &framebuffer {
             Framebuffer::File(path) => Box::new(FramebufferFile::open(path, w, h)?),
             Framebuffer::Segment(id) => Box::new(FramebufferSegment::attach(*id, w, h)?),
         };
-        let mut game = Managed::spawn("game", game_command(&args, display)?)?;
-        let session = Session::start(source, &args.stream)?;
+        let audio = match &pulse_home {
+            Some(home) => AudioSource::Pulse {
+                server: home.server(),
+                source: daemon::MONITOR.to_owned(),
+            },
+            None => AudioSource::Off,
+        };
+        let pulse_server = pulse_home.as_ref().map(PulseHome::server);
+        let mut game = Managed::spawn(
+            "game",
+            game_command(&args, display, pulse_server.as_deref())?,
+        )?;
+        let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
+        // Players' keys go into the demo's own virtual screen, where the game reads them.
+        session.start_input(&screen, &args.stream, tls.as_ref())?;
         let mut died = None;
         let served = {
             let shutdown = async {
@@ -322,6 +374,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await;
 
     xvfb.stop().await;
+    if let Some(pulse) = pulse {
+        pulse.stop().await;
+    }
+    drop(pulse_home);
     if let Some(id) = segment {
         // Xvfb -shmem leaves its segment behind; it is ours to remove.
         if let Err(err) = playpod_ffi::remove_shm_segment(id) {

@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod assets;
+pub mod audio;
 pub mod cli;
 pub mod control;
 pub mod demo;
 pub mod game;
+pub mod input;
 pub mod metrics;
 pub mod pod;
 pub mod server;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::input::{INPUT_LATENCY_BUCKETS_US, InputStats};
 use crate::server::Health;
 
 /// The session's metric registry.
@@ -30,6 +31,20 @@ impl Metrics {
             ring,
         }));
         Self { registry }
+    }
+
+    /// Adds the game audio's counters and state (`None`: audio is off).
+    pub fn with_audio(mut self, audio: Option<crate::audio::AudioFeed>) -> Self {
+        self.registry
+            .register_collector(Box::new(AudioCollector { audio }));
+        self
+    }
+
+    /// Adds the players' input counters and the input latency histogram.
+    pub fn with_input(mut self, input: Arc<InputStats>) -> Self {
+        self.registry
+            .register_collector(Box::new(InputCollector { input }));
+        self
     }
 
     /// The exposition text.
@@ -192,12 +207,13 @@ impl Collector for SessionCollector {
         histogram(
             &mut enc,
             "convert_seconds",
-            "BGRX -> I420 conversion time per frame.",
+            "Capture and BGRX -> YUV conversion time per frame (CPU or GPU).",
             &s.convert_time,
         )?;
         let info = prometheus_client::metrics::info::Info::new(vec![
             ("version", env!("CARGO_PKG_VERSION")),
             ("encoder", h.encoder),
+            ("conversion", h.conversion),
             ("capture", h.capture),
         ]);
         info.encode(enc.encode_descriptor(
@@ -206,5 +222,186 @@ impl Collector for SessionCollector {
             None,
             info.metric_type(),
         )?)
+    }
+}
+
+/// The players' input: messages, errors by kind, connections, and the latency from a
+/// WebSocket frame read to its XTEST requests flushed.
+#[derive(Debug)]
+struct InputCollector {
+    input: Arc<InputStats>,
+}
+
+impl Collector for InputCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &*self.input;
+        counter(
+            &mut enc,
+            "input_messages",
+            "Input messages applied to the players' keys.",
+            load(&s.messages),
+        )?;
+        {
+            let mut family = enc.encode_descriptor(
+                "input_errors",
+                "Input messages answered with an error and dropped, by kind.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, v) in [
+                ("invalid", load(&s.errors_invalid)),
+                ("rate_limit", load(&s.errors_rate_limit)),
+            ] {
+                ConstCounter::new(v).encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        counter(
+            &mut enc,
+            "input_connections",
+            "Input connections that got a player slot.",
+            load(&s.connections),
+        )?;
+        counter(
+            &mut enc,
+            "input_refused",
+            "Input connections refused because the player slot had a controller.",
+            load(&s.refused),
+        )?;
+        counter(
+            &mut enc,
+            "input_takeovers",
+            "Controllers replaced by a connection asking to take over.",
+            load(&s.takeovers),
+        )?;
+        counter(
+            &mut enc,
+            "input_display_errors",
+            "Input connections closed because the game's display could not be reached.",
+            load(&s.display_errors),
+        )?;
+        if let [Some(p50), Some(p99)] = s.latency_percentiles_ns(&[50.0, 99.0])[..] {
+            for (name, help, ns) in [
+                (
+                    "input_latency_recent_p50_seconds",
+                    "Median input latency (frame read -> XTEST flushed) of the last 65536 messages.",
+                    p50,
+                ),
+                (
+                    "input_latency_recent_p99_seconds",
+                    "99th percentile input latency of the last 65536 messages.",
+                    p99,
+                ),
+            ] {
+                let g = ConstGauge::new(f64::from(ns) / 1e9);
+                g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        let h = &s.latency;
+        let buckets: Vec<(f64, u64)> = INPUT_LATENCY_BUCKETS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(h.bucket_counts())
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "input_latency_seconds",
+            "WebSocket frame read -> XTEST key events flushed, per input message.",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            h.sum_ns() as f64 / 1e9,
+            h.count(),
+            &buckets,
+            None,
+        )
+    }
+}
+
+/// The game audio: packets, the PCM ring's overruns and underruns, reconnections, the state.
+#[derive(Debug)]
+struct AudioCollector {
+    audio: Option<crate::audio::AudioFeed>,
+}
+
+impl Collector for AudioCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = crate::audio::state(self.audio.as_ref());
+        gauge(
+            &mut enc,
+            "audio_state",
+            "Game audio: 0 off (--no-audio), 1 down (no sound server; reconnecting), 2 ok.",
+            state as i64,
+        )?;
+        let Some(feed) = &self.audio else {
+            return Ok(());
+        };
+        let s = &*feed.stats;
+        counter(
+            &mut enc,
+            "audio_frames_captured",
+            "10 ms PCM frames read from the sound server.",
+            load(&s.frames_captured),
+        )?;
+        counter(
+            &mut enc,
+            "audio_packets",
+            "Opus packets put in the audio broadcast ring.",
+            load(&s.packets),
+        )?;
+        counter(
+            &mut enc,
+            "audio_encoded_bytes",
+            "Bytes of Opus encoded.",
+            load(&s.bytes_encoded),
+        )?;
+        counter(
+            &mut enc,
+            "audio_packets_sent",
+            "Audio messages sent to listeners (all listeners).",
+            load(&s.packets_sent),
+        )?;
+        counter(
+            &mut enc,
+            "audio_pcm_overruns",
+            "PCM frames dropped because the ring to the encoder was full.",
+            load(&s.pcm_overruns),
+        )?;
+        counter(
+            &mut enc,
+            "audio_pcm_underruns",
+            "Times the encoder found no PCM for more than two frames while recording.",
+            load(&s.pcm_underruns),
+        )?;
+        counter(
+            &mut enc,
+            "audio_encode_errors",
+            "Frames the Opus encoder or the ring refused.",
+            load(&s.encode_errors),
+        )?;
+        counter(
+            &mut enc,
+            "audio_reconnects",
+            "Connections to the sound server after the first.",
+            load(&s.reconnects),
+        )?;
+        gauge(
+            &mut enc,
+            "audio_listeners",
+            "Audio listeners connected.",
+            feed.ring.readers() as i64,
+        )?;
+        histogram(
+            &mut enc,
+            "audio_capture_to_ring_seconds",
+            "Capture time of a frame's first sample -> its Opus packet in the ring.",
+            &s.capture_to_ring,
+        )?;
+        histogram(
+            &mut enc,
+            "audio_encode_seconds",
+            "Time in the Opus encoder per 10 ms frame.",
+            &s.encode_time,
+        )
     }
 }

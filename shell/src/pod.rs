@@ -2,6 +2,7 @@
 
 use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
 
+use crate::audio::AudioSource;
 use crate::cli::PodArgs;
 use crate::session::{self, Session};
 
@@ -21,12 +22,23 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
 }
 
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
-    if args.pulse_server.is_some() {
-        tracing::info!("audio is not streamed yet; --pulse-server is ignored");
-    }
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let source = open_source(&args)?;
-    let session = Session::start(source, &args.stream)?;
+    let audio = match &args.pulse_server {
+        Some(server) => AudioSource::Pulse {
+            server: server.clone(),
+            source: args.pulse_source.clone(),
+        },
+        None => {
+            if !args.stream.audio.no_audio {
+                tracing::info!("no --pulse-server or PULSE_SERVER: no audio");
+            }
+            AudioSource::Off
+        }
+    };
+    let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
+    // Players' keys go into the display the pod streams.
+    session.start_input(&args.display, &args.stream, tls.as_ref())?;
     session::serve(session, listener, tls, session::shutdown_signal()).await
 }

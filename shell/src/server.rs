@@ -43,6 +43,10 @@ pub struct StreamInfo {
 pub struct Health {
     pub display_ok: AtomicBool,
     pub encoder: &'static str,
+    /// Where BGRX -> YUV runs: `cpu` or `cuda`.
+    pub conversion: &'static str,
+    /// Why this encoder and conversion were chosen (`--encoder auto` explains itself).
+    pub encoder_reason: String,
     pub capture: &'static str,
     pub viewers: AtomicUsize,
     pub players: AtomicUsize,
@@ -58,6 +62,8 @@ impl Health {
         Self {
             display_ok: AtomicBool::new(true),
             encoder,
+            conversion: "cpu",
+            encoder_reason: String::new(),
             capture,
             viewers: AtomicUsize::new(0),
             players: AtomicUsize::new(0),
@@ -68,7 +74,14 @@ impl Health {
         }
     }
 
-    fn touch(&self) {
+    /// Records where conversion runs and why the video path was chosen.
+    pub fn with_video_path(mut self, conversion: &'static str, reason: String) -> Self {
+        self.conversion = conversion;
+        self.encoder_reason = reason;
+        self
+    }
+
+    pub(crate) fn touch(&self) {
         self.last_activity
             .store(unix_micros() / 1_000_000, Ordering::Relaxed);
     }
@@ -90,10 +103,14 @@ pub struct AppState {
     pub stream: StreamInfo,
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    /// The player slots behind `/input/1` and `/input/2`.
+    pub input: Arc<crate::input::Players>,
+    /// The game's sound, when audio is on (`WS .../audio`).
+    pub audio: Option<crate::audio::AudioFeed>,
 }
 
 impl AppState {
-    fn token_ok(&self, presented: &str) -> bool {
+    pub(crate) fn token_ok(&self, presented: &str) -> bool {
         token_matches(&self.token, presented)
     }
 }
@@ -107,6 +124,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/play/{token}", get(play_redirect))
         .route("/play/{token}/", get(player_page))
         .route("/play/{token}/video", get(video))
+        .route("/play/{token}/audio", get(crate::audio::ws::audio))
+        .route(
+            "/play/{token}/input/{player}",
+            get(crate::input::input_socket),
+        )
         .route("/play/{token}/{file}", get(player_file))
         .fallback(|| async { not_found() })
         .with_state(state)
@@ -151,11 +173,13 @@ async fn player_file(
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Readiness {
+struct Readiness<'a> {
     ready: bool,
     display: &'static str,
     capture: &'static str,
     encoder: &'static str,
+    conversion: &'static str,
+    encoder_reason: &'a str,
     audio: &'static str,
     viewers: usize,
     players: usize,
@@ -171,7 +195,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         display: if display_ok { "ok" } else { "down" },
         capture: h.capture,
         encoder: h.encoder,
-        audio: "off",
+        conversion: h.conversion,
+        encoder_reason: &h.encoder_reason,
+        audio: crate::audio::state(app.audio.as_ref()).as_str(),
         viewers: h.viewers.load(Ordering::Relaxed),
         players: h.players.load(Ordering::Relaxed),
         idle_seconds: h.idle_seconds(),

@@ -7,10 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use playpod_ffi::cuda::ChromaLayout;
+use playpod_hotpath::audio::AudioPipeline;
 use playpod_hotpath::capture::FrameSource;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
+use playpod_hotpath::gpu::{GpuChoice, GpuConverter, NvencEncoder};
 use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig};
 
+use crate::audio::AudioSource;
 use crate::cli::{EncoderChoice, StreamArgs};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Health, StreamInfo};
@@ -21,24 +25,77 @@ use crate::token::random_token;
 pub struct Session {
     pub pipeline: Pipeline,
     pub state: Arc<AppState>,
+    /// The player threads, once [`Session::start_input`] started them; stopped on drop.
+    pub input: Option<crate::input::PlayerThreads>,
+    /// The audio capture and encoder threads, when audio is on; stopped on drop.
+    pub audio: Option<AudioPipeline>,
 }
 
-fn make_encoder(
-    choice: EncoderChoice,
-    settings: EncoderSettings,
-) -> anyhow::Result<Box<dyn VideoEncoder>> {
+/// The video path: the encoder, the GPU converter when conversion runs there, and why.
+struct VideoPath {
+    encoder: Box<dyn VideoEncoder>,
+    converter: Option<GpuConverter>,
+    reason: String,
+}
+
+/// NVENC's preset: P2, the original platform's `-preset p2`, with ultra-low-latency tuning.
+const NVENC_PRESET: u8 = 2;
+
+fn nvenc_path(choice: &GpuChoice, settings: EncoderSettings) -> anyhow::Result<VideoPath> {
+    let (Some(gpu), Some(nvenc)) = (&choice.gpu, &choice.nvenc) else {
+        bail!("NVENC is not available: {}", choice.reason);
+    };
+    let encoder = NvencEncoder::new(nvenc, gpu, settings, NVENC_PRESET)
+        .with_context(|| format!("cannot open an NVENC session on {}", gpu.name()))?;
+    let converter = GpuConverter::new(
+        gpu.clone(),
+        settings.width,
+        settings.height,
+        ChromaLayout::Nv12,
+    )
+    .context("cannot set up the CUDA conversion for NVENC")?;
+    Ok(VideoPath {
+        encoder: Box::new(encoder),
+        converter: Some(converter),
+        reason: choice.reason.clone(),
+    })
+}
+
+fn make_video_path(choice: EncoderChoice, settings: EncoderSettings) -> anyhow::Result<VideoPath> {
+    let cpu = |reason: String| -> anyhow::Result<VideoPath> {
+        Ok(VideoPath {
+            encoder: Box::new(Openh264Encoder::new(settings)?),
+            converter: None,
+            reason,
+        })
+    };
     match choice {
-        EncoderChoice::Auto | EncoderChoice::Openh264 => {
-            if choice == EncoderChoice::Auto {
-                tracing::info!(
-                    reason = "no GPU encoder in this build",
-                    "encoder: openh264 (CPU)"
-                );
+        EncoderChoice::Openh264 => cpu("chosen with --encoder openh264".to_owned()),
+        EncoderChoice::Nvenc => nvenc_path(&GpuChoice::detect(), settings),
+        EncoderChoice::Auto => {
+            let found = GpuChoice::detect();
+            if found.nvenc.is_some() {
+                match nvenc_path(&found, settings) {
+                    Ok(path) => return Ok(path),
+                    Err(err) => tracing::warn!(reason = %format!("{err:#}"), "NVENC unusable"),
+                }
             }
-            Ok(Box::new(Openh264Encoder::new(settings)?))
-        }
-        EncoderChoice::Nvenc => {
-            bail!("NVENC is not available in this build; use --encoder openh264 or --encoder auto")
+            let Some(gpu) = &found.gpu else {
+                return cpu(format!("no GPU: {}", found.reason));
+            };
+            match GpuConverter::new(
+                gpu.clone(),
+                settings.width,
+                settings.height,
+                ChromaLayout::I420,
+            ) {
+                Ok(converter) => Ok(VideoPath {
+                    encoder: Box::new(Openh264Encoder::new(settings)?),
+                    converter: Some(converter),
+                    reason: found.reason.clone(),
+                }),
+                Err(err) => cpu(format!("{}; CUDA conversion unusable: {err}", found.reason)),
+            }
         }
     }
 }
@@ -55,8 +112,18 @@ fn pin_core(args: &StreamArgs) -> Option<usize> {
 }
 
 impl Session {
-    /// Starts the frame thread over `source`.
+    /// Starts the frame thread over `source`, with no audio.
     pub fn start(source: Box<dyn FrameSource>, args: &StreamArgs) -> anyhow::Result<Self> {
+        Self::start_with_audio(source, args, &AudioSource::Off)
+    }
+
+    /// Starts the frame thread over `source`, and the audio threads recording `audio`
+    /// (unless `--no-audio`).
+    pub fn start_with_audio(
+        source: Box<dyn FrameSource>,
+        args: &StreamArgs,
+        audio: &AudioSource,
+    ) -> anyhow::Result<Self> {
         let (width, height) = (u32::from(args.size.0), u32::from(args.size.1));
         let settings = EncoderSettings {
             width,
@@ -64,8 +131,21 @@ impl Session {
             fps: args.fps,
             bitrate_bps: args.bitrate_kbps * 1000,
         };
-        let encoder = make_encoder(args.encoder, settings)?;
-        let health = Arc::new(Health::new(encoder.name(), source.kind()));
+        let VideoPath {
+            encoder,
+            converter,
+            reason,
+        } = make_video_path(args.encoder, settings)?;
+        let conversion = if converter.is_some() { "cuda" } else { "cpu" };
+        tracing::info!(
+            encoder = encoder.name(),
+            conversion,
+            %reason,
+            "video path chosen"
+        );
+        let health = Arc::new(
+            Health::new(encoder.name(), source.kind()).with_video_path(conversion, reason),
+        );
         tracing::info!(
             capture = source.kind(),
             encoder = encoder.name(),
@@ -75,6 +155,10 @@ impl Session {
             "starting the frame pipeline"
         );
         let (stage, ring, stats) = FrameStage::with_ring(source, encoder, settings);
+        let stage = match converter {
+            Some(converter) => stage.with_gpu_converter(converter),
+            None => stage,
+        };
         let pipeline = Pipeline::spawn(
             stage,
             PipelineConfig {
@@ -84,7 +168,20 @@ impl Session {
             },
         )
         .context("cannot start the frame thread")?;
-        let metrics = Metrics::new(stats, health.clone(), ring.clone());
+        let players = Arc::new(crate::input::Players::default());
+        let audio = if args.audio.no_audio {
+            &AudioSource::Off
+        } else {
+            audio
+        };
+        let (audio_threads, audio_feed) =
+            match crate::audio::start(audio, args.audio.audio_bitrate_kbps)? {
+                Some((threads, feed)) => (Some(threads), Some(feed)),
+                None => (None, None),
+            };
+        let metrics = Metrics::new(stats, health.clone(), ring.clone())
+            .with_input(players.stats().clone())
+            .with_audio(audio_feed.clone());
         let state = Arc::new(AppState {
             token: args.token.clone().unwrap_or_else(random_token),
             ring,
@@ -95,8 +192,42 @@ impl Session {
             },
             health,
             metrics,
+            input: players,
+            audio: audio_feed,
         });
-        Ok(Self { pipeline, state })
+        Ok(Self {
+            pipeline,
+            state,
+            input: None,
+            audio: audio_threads,
+        })
+    }
+
+    /// Starts the player threads, which send players' keys into `display` (the game's X
+    /// display), and the `--input-port-N` listeners. Without this call the input WebSockets
+    /// answer 503.
+    pub fn start_input(
+        &mut self,
+        display: &str,
+        args: &StreamArgs,
+        tls: Option<&axum_server::tls_rustls::RustlsConfig>,
+    ) -> anyhow::Result<()> {
+        let setup = crate::input::InputSetup {
+            display: display.to_owned(),
+            args: args.input.clone(),
+            pin: !args.no_pin,
+            frame_core: pin_core(args),
+            listen_ip: args.listen.ip(),
+            token: self.state.token.clone(),
+            tls: tls.map(|tls| tls.get_inner()),
+        };
+        let threads = crate::input::PlayerThreads::start(
+            self.state.input.clone(),
+            &setup,
+            self.state.health.clone(),
+        )?;
+        self.input = Some(threads);
+        Ok(())
     }
 }
 
@@ -126,8 +257,17 @@ pub fn player_url(addr: SocketAddr, token: &str, tls: bool) -> String {
     )
 }
 
+/// How long open connections get to finish once the session stops.
+const GRACE: Duration = Duration::from_secs(2);
+/// How long a client gets to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the session until `shutdown` resolves or the frame thread stops. Prints the one
 /// `playpod: open URL` line once listening.
+///
+/// Connections are served as HTTP/1.1 by hyper directly (over TLS when `tls` is given, with
+/// ALPN `http/1.1`), so that an upgraded input WebSocket hands its own TCP stream to a player
+/// thread (see [`crate::input`]).
 pub async fn serve(
     mut session: Session,
     listener: std::net::TcpListener,
@@ -135,30 +275,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = server::router(session.state.clone());
-    let handle = axum_server::Handle::new();
     let url = player_url(addr, &session.state.token, tls.is_some());
-    let server = {
-        let handle = handle.clone();
-        let service = app.into_make_service();
-        async move {
-            match tls {
-                Some(tls) => {
-                    axum_server::from_tcp_rustls(listener, tls)?
-                        .handle(handle)
-                        .serve(service)
-                        .await
-                }
-                None => {
-                    axum_server::from_tcp(listener)?
-                        .handle(handle)
-                        .serve(service)
-                        .await
-                }
-            }
-        }
-    };
-    let server = tokio::spawn(server);
+    let tls = tls.map(|tls| {
+        let mut config = (*tls.get_inner()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(accept_loop(listener, app, tls, stop_rx));
     println!("playpod: open {url}");
     let health = session.state.health.clone();
     let pipeline_ended = async {
@@ -178,15 +304,97 @@ pub async fn serve(
         },
     };
     // Stop the frame thread first: its ring closes, so every viewer gets a close message and
-    // its connection ends, and the graceful shutdown below has nothing left to wait for.
+    // its connection ends, and the graceful shutdown below has nothing left to wait for. The
+    // player threads stop with it, closing their sockets.
     drop(session);
-    handle.graceful_shutdown(Some(Duration::from_secs(2)));
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(%err, "server ended with an error"),
-        Err(err) => tracing::warn!(%err, "server task failed"),
+    let _ = stop_tx.send(true);
+    if let Err(err) = server.await {
+        tracing::warn!(%err, "server task failed");
     }
     outcome
+}
+
+/// Accepts connections until `stop` turns true, then gives the open ones [`GRACE`] to finish.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(serve_connection(tcp, app.clone(), tls.clone(), stop.clone()));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(GRACE, drained).await.is_err() {
+        tracing::debug!("closing connections still open after {GRACE:?}");
+    }
+    connections.shutdown().await;
+}
+
+/// Serves one connection as HTTP/1.1 with upgrades, closing it gracefully when `stop` turns.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    match tls {
+        None => serve_http1(hyper_util::rt::TokioIo::new(tcp), app, stop).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    serve_http1(hyper_util::rt::TokioIo::new(stream), app, stop).await
+                }
+                Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
+}
+
+async fn serve_http1<I>(io: I, app: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future

@@ -93,7 +93,7 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "gameName": "nes",
             "randomPath": "Zx_9-" + "q" * 27,
             "games": {"nes": RETRO},
-            "streamer": {"digest": "sha256:" + "ef" * 32, "extraArgs": ["--encoder", "nvenc"]},
+            "streamer": {"digest": "sha256:" + "ef" * 32, "gpu": True, "extraArgs": ["--encoder", "nvenc"]},
             "ingress": {"host": "play.example.com", "tlsSecretName": "play-tls"},
             "imagePullSecrets": ["registry"],
             "nodeSelector": {"nvidia.com/gpu.present": "true"},
@@ -321,6 +321,18 @@ def checkov(report: Report, venv_bin: pathlib.Path, label: str, args: list[str])
                  "\n  " + "\n  ".join(failures))
 
 
+def streamer_gpu(report: Report, scenario: str, docs: list[dict[str, Any]], want: bool) -> None:
+    """`streamer.gpu` gives the streamer (which converts and encodes) a GPU and NVENC's libraries."""
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    streamer = next(c for c in pod["spec"]["containers"] if c["name"] == "streamer")
+    resources = streamer.get("resources", {})
+    has_gpu = all(resources.get(k, {}).get("nvidia.com/gpu") == "1" for k in ("limits", "requests"))
+    caps = {e["name"]: e.get("value") for e in streamer.get("env", [])}.get("NVIDIA_DRIVER_CAPABILITIES")
+    report.check(has_gpu == want and (caps == "compute,video,utility") == want,
+                 f"playpod-session [{scenario}]: streamer GPU {'requested' if want else 'not requested'}",
+                 f"resources={resources} NVIDIA_DRIVER_CAPABILITIES={caps}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=pathlib.Path, required=True)
@@ -348,6 +360,10 @@ def main() -> int:
             if chart == "playpod":
                 dumps[scenario] = dump_sessions(report, args.playpod, scenario, docs, work)
                 validate(report, f"control-plane sessions [{scenario}]", dumps[scenario])
+
+        for scenario, want_gpu in (("default", False), ("full", True)):
+            if ("playpod-session", scenario) in rendered:
+                streamer_gpu(report, scenario, rendered[("playpod-session", scenario)], want_gpu)
 
         if ("playpod-session", "default") in rendered and dumps.get("default"):
             same_session_objects(report, rendered[("playpod-session", "default")], dumps["default"])

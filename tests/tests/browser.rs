@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder};
 use futures_util::FutureExt as _;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -400,4 +401,369 @@ async fn chromium_plays_the_demo() {
         std::panic::resume_unwind(panic);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Waits in the page until the input channel is connected and frames are drawn.
+const WAIT_PLAYER: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function wait() {
+  const input = window.playpodInput, s = window.playpodStats;
+  if (input && input.connected && s && s.framesDrawn > 10) {
+    done({ input, stats: s });
+  } else if (performance.now() - t0 > 30000) {
+    done({ error: 'no connected input channel and drawn frames within 30 s', input: input || null, stats: s || null });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+";
+
+/// Records, for every frame the page draws, the right (cyan) paddle's centre row, read from the
+/// canvas pixels of a column through the paddle, with the count of frames decoded so far; and
+/// the page time and decoded-frame count of every key press.
+const WATCH_PADDLE: &str = r"
+const c = document.getElementById('screen');
+const g = c.getContext('2d', { willReadFrequently: true });
+window.__paddle = [];
+window.__keys = [];
+window.addEventListener('keydown', (ev) => {
+  window.__keys.push({ t: performance.now(), frame: window.playpodStats.framesDecoded, code: ev.code });
+}, true);
+let last = -1;
+const near = (v, w) => Math.abs(v - w) <= 48;
+(function sample() {
+  const s = window.playpodStats;
+  if (s.framesDrawn !== last) {
+    last = s.framesDrawn;
+    const x = Math.round(c.width * 728 / 768);
+    const px = g.getImageData(x, 0, 1, c.height).data;
+    let sum = 0, n = 0;
+    for (let y = 0; y < c.height; y++) {
+      const i = y * 4;
+      if (near(px[i], 0x2a) && near(px[i + 1], 0xc8) && near(px[i + 2], 0xff)) { sum += y; n++; }
+    }
+    window.__paddle.push({ t: performance.now(), frame: s.framesDecoded, y: n > 20 ? sum / n : null });
+  }
+  requestAnimationFrame(sample);
+})();
+";
+
+/// One sample of the paddle watcher.
+#[derive(Debug, Clone, Copy)]
+struct PaddleSample {
+    t: f64,
+    frame: i64,
+    y: Option<f64>,
+}
+
+fn paddle_samples(v: &Value) -> Vec<PaddleSample> {
+    v.as_array()
+        .expect("paddle samples")
+        .iter()
+        .map(|s| PaddleSample {
+            t: s["t"].as_f64().unwrap(),
+            frame: int(s, "frame"),
+            y: s["y"].as_f64(),
+        })
+        .collect()
+}
+
+/// From a key press at page time `t` (`frame` frames decoded by then): the frames and milliseconds until
+/// the paddle's centre moved more than 4 px in `direction` (-1 up, +1 down) from where it was.
+fn reaction(samples: &[PaddleSample], t: f64, frame: i64, direction: f64) -> Option<(i64, f64)> {
+    let before = samples
+        .iter()
+        .rev()
+        .find(|s| s.t <= t && s.y.is_some())?
+        .y?;
+    samples
+        .iter()
+        .filter(|s| s.t > t)
+        .find(|s| s.y.is_some_and(|y| (y - before) * direction > 4.0))
+        .map(|s| (s.frame - frame, s.t - t))
+}
+
+async fn check_paddle_follows_keys(client: &Client, served: &Served) {
+    client
+        .goto(&format!("{}?player=2", served.url))
+        .await
+        .expect("open the player as player 2");
+    let ready = client
+        .execute_async(WAIT_PLAYER, vec![])
+        .await
+        .expect("wait for the player");
+    assert!(ready.get("error").is_none(), "{ready}");
+    assert_eq!(ready["input"]["player"], json!("2"), "{ready}");
+    let badge = client
+        .execute(
+            "return document.getElementById('badge').textContent;",
+            vec![],
+        )
+        .await
+        .expect("badge");
+    assert_eq!(badge.as_str(), Some("player 2 · connected"), "{badge}");
+    // Any key hands the paddle from the AI to its player (the page's X is player 2's A);
+    // then it stands still until a direction is held.
+    let take = KeyActions::new("keyboard".to_owned())
+        .then(KeyAction::Down { value: 'x' })
+        .then(KeyAction::Pause {
+            duration: Duration::from_millis(100),
+        })
+        .then(KeyAction::Up { value: 'x' });
+    client.perform_actions(take).await.expect("press A");
+    client
+        .execute(WATCH_PADDLE, vec![])
+        .await
+        .expect("watch the paddle");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = paddle_samples(
+        &client
+            .execute("return window.__paddle;", vec![])
+            .await
+            .expect("samples"),
+    );
+    let y0 = now
+        .iter()
+        .rev()
+        .find_map(|s| s.y)
+        .unwrap_or_else(|| panic!("no cyan right paddle on the canvas: {now:?}"));
+    let still: Vec<f64> = now.iter().rev().take(20).filter_map(|s| s.y).collect();
+    assert!(
+        still.iter().all(|y| (y - y0).abs() < 2.0),
+        "the paddle moves with no key held (the AI still plays it?): {still:?}"
+    );
+    // Move away from the nearer edge first, then back: both moves are then visible.
+    const UP: char = '\u{e013}';
+    const DOWN: char = '\u{e015}';
+    let (first, second) = if y0 < 384.0 { (DOWN, UP) } else { (UP, DOWN) };
+    let hold = Duration::from_millis(1300);
+    let keys = KeyActions::new("keyboard".to_owned())
+        .then(KeyAction::Down { value: first })
+        .then(KeyAction::Pause { duration: hold })
+        .then(KeyAction::Up { value: first })
+        .then(KeyAction::Down { value: second })
+        .then(KeyAction::Pause { duration: hold })
+        .then(KeyAction::Up { value: second });
+    client.perform_actions(keys).await.expect("press the keys");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watched = client
+        .execute(
+            "return { paddle: window.__paddle, keys: window.__keys, input: window.playpodInput, \
+             stats: window.playpodStats };",
+            vec![],
+        )
+        .await
+        .expect("read what the page saw");
+    let samples = paddle_samples(&watched["paddle"]);
+    let presses: Vec<Value> = watched["keys"]
+        .as_array()
+        .expect("key presses")
+        .iter()
+        .filter(|k| k["code"].as_str().is_some_and(|c| c.starts_with("Arrow")))
+        .cloned()
+        .collect();
+    assert_eq!(
+        presses.len(),
+        2,
+        "the page saw {} arrow key presses: {}",
+        presses.len(),
+        watched["keys"]
+    );
+    let input = &watched["input"];
+    assert!(
+        int(input, "sent") >= 4,
+        "the page sent fewer than 4 changes: {input}"
+    );
+    assert_eq!(int(input, "errors"), 0, "{input}");
+    // Frames already in flight on the video path when the key goes down (captured, not yet
+    // decoded) show the old position: allow them on top of a few frames for the key itself.
+    let video_ms = watched["stats"]["latencyMs"].as_f64().unwrap_or(0.0);
+    let allowed = 6 + (video_ms / (1000.0 / 60.0)).ceil() as i64;
+    eprintln!("video latency (capture -> decoded) {video_ms:.0} ms: allowing {allowed} frames");
+    for (press, key) in presses.iter().zip([first, second]) {
+        let direction = if key == UP { -1.0 } else { 1.0 };
+        let (t, frame) = (press["t"].as_f64().unwrap(), int(press, "frame"));
+        let Some((frames, ms)) = reaction(&samples, t, frame, direction) else {
+            panic!(
+                "the paddle did not move {} after the key press at {t:.0} ms: {:?}",
+                if key == UP { "up" } else { "down" },
+                samples
+                    .iter()
+                    .filter(|s| s.t > t - 100.0 && s.t < t + 1500.0)
+                    .map(|s| (s.frame, s.y.map(|y| y.round())))
+                    .collect::<Vec<_>>()
+            );
+        };
+        eprintln!(
+            "{} pressed: the paddle moved on the canvas {frames} decoded frames ({ms:.0} ms) later",
+            press["code"]
+        );
+        assert!(
+            frames <= allowed,
+            "the paddle moved only {frames} frames ({ms:.0} ms) after the key press \
+             (video latency {video_ms:.0} ms)"
+        );
+    }
+    // While a key is held the paddle keeps going to the edge: the held key really plays it.
+    let end_of = |t: f64| {
+        samples
+            .iter()
+            .rev()
+            .find(|s| s.t <= t && s.y.is_some())
+            .and_then(|s| s.y)
+            .expect("a sample")
+    };
+    let second_at = presses[1]["t"].as_f64().unwrap();
+    let at_first_end = end_of(second_at);
+    let edge_ok = if first == UP {
+        at_first_end < 100.0
+    } else {
+        at_first_end > 668.0
+    };
+    assert!(
+        edge_ok,
+        "after holding the first key for {hold:?} the paddle's centre is at {at_first_end:.0}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_player_moves_a_paddle() {
+    require_browser();
+    let profile = tempfile::Builder::new()
+        .prefix("playpod-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let served = tokio::task::spawn_blocking(|| Served::start(&["demo", "--scene", "pong"]))
+        .await
+        .expect("start the demo");
+    let driver = Chromedriver::start();
+    let client = new_session(&driver, profile.path()).await;
+    let result = std::panic::AssertUnwindSafe(check_paddle_follows_keys(&client, &served))
+        .catch_unwind()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+    drop(driver);
+    drop(served);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Waits for the page's first decoded audio, then counts the audio decoded in the 2 s after it.
+const COUNT_AUDIO: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+const stats = () => window.playpodAudioStats;
+(function waitFirst() {
+  const s = stats();
+  if (s && s.decoded > 0) {
+    const at = s.decoded;
+    setTimeout(() => done({ firstAfterMs: performance.now() - t0, atFirst: at,
+                            after2s: stats().decoded, stats: stats() }), 2000);
+  } else if (performance.now() - t0 > 30000) {
+    done({ error: 'no audio decoded within 30 s of loading the page', stats: s || null });
+  } else {
+    setTimeout(waitFirst, 10);
+  }
+})();
+";
+
+/// After the click: waits until the worklet plays, then reports 2 s of its figures.
+const WATCH_PLAYBACK: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function wait() {
+  const s = window.playpodAudioStats;
+  if (s.playing && s.bufferedMs > 0) {
+    const before = { ...s };
+    setTimeout(() => done({ before, after: { ...window.playpodAudioStats },
+                            video: { ...window.playpodStats },
+                            button: document.getElementById('audio').textContent }), 2000);
+  } else if (performance.now() - t0 > 15000) {
+    done({ error: 'the audio worklet did not start playing within 15 s of the click',
+           stats: s, button: document.getElementById('audio').textContent });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+";
+
+async fn check_audio(client: &Client, served: &Served) {
+    client.goto(&served.url).await.expect("open the player");
+    // Decoding starts before any gesture: the AudioDecoder turns every packet into audio data.
+    let decoded = client
+        .execute_async(COUNT_AUDIO, vec![])
+        .await
+        .expect("count decoded audio");
+    eprintln!("audio before the click: {decoded}");
+    assert!(decoded.get("error").is_none(), "{decoded}");
+    let in_2s = int(&decoded, "after2s") - int(&decoded, "atFirst");
+    assert!(
+        in_2s > 150,
+        "{in_2s} audio frames decoded in 2 s (want ~200, one per 10 ms): {decoded}"
+    );
+    assert_eq!(decoded["stats"]["state"], json!("ok"), "{decoded}");
+    assert_eq!(int(&decoded["stats"], "decodeErrors"), 0, "{decoded}");
+
+    // A click on the sound button: the user gesture that lets the page play sound.
+    let button = client
+        .find(fantoccini::Locator::Id("audio"))
+        .await
+        .expect("the sound button");
+    button.click().await.expect("click the sound button");
+    let played = client
+        .execute_async(WATCH_PLAYBACK, vec![])
+        .await
+        .expect("watch playback");
+    eprintln!("audio after the click: {played}");
+    assert!(played.get("error").is_none(), "{played}");
+    let (before, after) = (&played["before"], &played["after"]);
+    let buffered = after["bufferedMs"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (0.0..=250.0).contains(&buffered),
+        "jitter buffer at {buffered} ms: {played}"
+    );
+    assert!(
+        int(after, "decoded") - int(before, "decoded") > 150,
+        "decoding went on while playing: {played}"
+    );
+    assert_eq!(
+        after["muted"],
+        json!(false),
+        "the click started the sound unmuted: {played}"
+    );
+    assert!(
+        played["button"]
+            .as_str()
+            .is_some_and(|t| t.contains("mute") && !t.contains("unmute")),
+        "the button offers mute: {played}"
+    );
+    assert!(
+        int(&played["video"], "framesDecoded") > 100,
+        "the video plays alongside: {played}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_and_plays_the_demo_audio() {
+    require_browser();
+    let profile = tempfile::Builder::new()
+        .prefix("playpod-chromium-")
+        .tempdir()
+        .expect("profile dir");
+    let served = tokio::task::spawn_blocking(|| Served::start(&["demo"]))
+        .await
+        .expect("start the demo");
+    let driver = Chromedriver::start();
+    let client = new_session(&driver, profile.path()).await;
+    let result = std::panic::AssertUnwindSafe(check_audio(&client, &served))
+        .catch_unwind()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+    drop(driver);
+    drop(served);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -41,6 +41,8 @@ impl Game {
             seed,
             size: (W, H),
             fps: 60,
+            pulse_server: None,
+            no_sound: true,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);

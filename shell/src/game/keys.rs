@@ -1,54 +1,11 @@
 //! The game's eight keys per player, their default X keysyms, and the keycode table that turns
 //! X key events into them.
 //!
-//! The bit order of [`PlayerKeys`] is the one of the input WebSocket's binary message
-//! (DESIGN.md): bit 0 up, 1 down, 2 left, 3 right, 4 a, 5 b, 6 start, 7 select.
+//! [`Key`] and [`PlayerKeys`] live with the input parser in `playpod_hotpath::input`; their bit
+//! order is the one of the input WebSocket's binary message (DESIGN.md): bit 0 up, 1 down,
+//! 2 left, 3 right, 4 a, 5 b, 6 start, 7 select.
 
-/// One of the eight keys of a player's pad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
-    Up = 0,
-    Down = 1,
-    Left = 2,
-    Right = 3,
-    A = 4,
-    B = 5,
-    Start = 6,
-    Select = 7,
-}
-
-impl Key {
-    /// All keys, in bit order.
-    pub const ALL: [Key; 8] = [
-        Key::Up,
-        Key::Down,
-        Key::Left,
-        Key::Right,
-        Key::A,
-        Key::B,
-        Key::Start,
-        Key::Select,
-    ];
-
-    /// The key's bit in [`PlayerKeys`] (and in the input WebSocket's binary message).
-    pub const fn bit(self) -> u8 {
-        1 << self as u8
-    }
-
-    /// The key's name in the input WebSocket's JSON message.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Key::Up => "up",
-            Key::Down => "down",
-            Key::Left => "left",
-            Key::Right => "right",
-            Key::A => "a",
-            Key::B => "b",
-            Key::Start => "start",
-            Key::Select => "select",
-        }
-    }
-}
+pub use playpod_hotpath::input::{Key, PlayerKeys};
 
 /// X keysyms used below (from X11/keysymdef.h).
 pub mod keysym {
@@ -93,36 +50,6 @@ pub const DEFAULT_KEYMAP: [[(Key, u32); 8]; 2] = [
 /// The default keysym of `key` for `player` (0 or 1).
 pub const fn default_keysym(player: usize, key: Key) -> u32 {
     DEFAULT_KEYMAP[player][key as usize].1
-}
-
-/// The state of one player's eight keys, one bit each (see [`Key::bit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct PlayerKeys(pub u8);
-
-impl PlayerKeys {
-    /// No key held.
-    pub const NONE: PlayerKeys = PlayerKeys(0);
-
-    /// Only `keys` held.
-    pub fn of(keys: &[Key]) -> PlayerKeys {
-        PlayerKeys(keys.iter().fold(0, |bits, k| bits | k.bit()))
-    }
-
-    pub const fn contains(self, key: Key) -> bool {
-        self.0 & key.bit() != 0
-    }
-
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    pub fn set(&mut self, key: Key, pressed: bool) {
-        if pressed {
-            self.0 |= key.bit();
-        } else {
-            self.0 &= !key.bit();
-        }
-    }
 }
 
 /// Which player and key an X keycode stands for, for every keycode (0..=255).

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod plasma;
 pub mod pong;
 pub mod render;
+pub mod sound;
 pub mod x11;
 
 use std::sync::Arc;
@@ -52,6 +53,12 @@ pub struct GameArgs {
     /// Frames per second the game runs at.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub fps: u32,
+    /// PulseAudio server to play Pong's sounds to (`unix:PATH`); with none, the game is silent.
+    #[arg(long, env = "PULSE_SERVER")]
+    pub pulse_server: Option<String>,
+    /// Play no sound.
+    #[arg(long)]
+    pub no_sound: bool,
 }
 
 /// The most logic steps one frame catches up on after a stall; game time beyond is dropped.
@@ -73,6 +80,13 @@ pub fn run_until(args: &GameArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         Scene::Pong => SceneState::pong(args, &window)?,
         Scene::Plasma => SceneState::plasma(args, &window)?,
     };
+    // Pong plays its sounds through the sound server; the plasma stays silent.
+    let sound = match (&args.pulse_server, args.no_sound, args.scene) {
+        (Some(server), false, Scene::Pong) => sound::Sound::start(server.clone())
+            .inspect_err(|err| tracing::warn!(%err, "no sound thread; playing silently"))
+            .ok(),
+        _ => None,
+    };
     tracing::info!(scene = ?args.scene, seed = args.seed, fps = args.fps, "game running");
     let clock = FrameClock::new(Instant::now(), args.fps);
     let mut keys = KeyState::default();
@@ -80,7 +94,13 @@ pub fn run_until(args: &GameArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut skipped = 0u64;
     while !stop.load(Ordering::Relaxed) {
         window.pump_events(&mut keys)?;
-        scene.frame(frame, args.fps, keys.take_frame_input(), &window)?;
+        scene.frame(
+            frame,
+            args.fps,
+            keys.take_frame_input(),
+            &window,
+            sound.as_ref(),
+        )?;
         window.present()?;
 
         let next = clock.next_frame(frame, Instant::now());
@@ -143,6 +163,7 @@ impl SceneState {
         fps: u32,
         input: [keys::PlayerKeys; 2],
         window: &GameWindow,
+        sound: Option<&sound::Sound>,
     ) -> anyhow::Result<()> {
         match self {
             SceneState::Pong {
@@ -156,6 +177,9 @@ impl SceneState {
                 while *steps < due {
                     *steps += 1;
                     let events = pong.step(input);
+                    if let Some(sound) = sound {
+                        sound.play(&events);
+                    }
                     if events.point.is_some() {
                         tracing::debug!(score = ?pong.score(), "point");
                     }

@@ -1,0 +1,198 @@
+//! `--input-port-N`: a player's input on a port of its own, as the original platform had it.
+//! A plain thread accepts, does the WebSocket handshake itself (same path, same token check),
+//! and hands the socket to the same player slot as the main port does.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
+use tungstenite::http::{HeaderValue, StatusCode, header};
+
+use super::Players;
+use super::stream::{Incoming, PlayerStream, ws_config};
+use super::upgrade::{parse_player, wants_takeover};
+use crate::token::token_matches;
+
+/// How long a client gets for the TLS and WebSocket handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port listener thread; stopped and joined on drop.
+#[derive(Debug)]
+pub struct PortListener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortListener {
+    /// Starts serving `player`'s input on `listener`.
+    pub fn spawn(
+        listener: TcpListener,
+        player: u8,
+        token: String,
+        players: Arc<Players>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(false)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("input-port-{player}"))
+                .spawn(move || {
+                    accept_loop(&listener, player, &token, &players, tls.as_ref(), &stop);
+                })?
+        };
+        tracing::info!(player, %addr, "player input on its own port");
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for PortListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    player: u8,
+    token: &str,
+    players: &Players,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(err) => {
+                tracing::warn!(player, %err, "cannot accept an input connection");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        match handshake(tcp, player, token, tls) {
+            Ok(incoming) => players.hand_off(player, incoming),
+            Err(err) => tracing::debug!(player, %err, "input handshake failed"),
+        }
+    }
+}
+
+/// Answers the WebSocket handshake on `tcp` if the path is `/play/TOKEN/input/PLAYER`, else a
+/// 404 like the main port's for any unknown path.
+fn handshake(
+    tcp: TcpStream,
+    player: u8,
+    token: &str,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<Incoming> {
+    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    tcp.set_nodelay(true)?;
+    let stream = match tls {
+        None => PlayerStream::Plain(tcp),
+        Some(config) => PlayerStream::Tls(Box::new(rustls::StreamOwned::new(
+            rustls::ServerConnection::new(config.clone())?,
+            tcp,
+        ))),
+    };
+    let mut takeover = false;
+    let callback = PathCheck {
+        token,
+        player,
+        takeover: &mut takeover,
+    };
+    let ws = tungstenite::accept_hdr_with_config(stream, callback, Some(ws_config()))
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(Incoming::from_ws(ws, takeover)?)
+}
+
+/// The handshake's check of the request: the path, and whether it asks to take over.
+struct PathCheck<'a> {
+    token: &'a str,
+    player: u8,
+    takeover: &'a mut bool,
+}
+
+impl Callback for PathCheck<'_> {
+    fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+        if !path_matches(req.uri().path(), self.token, self.player) {
+            const BODY: &str = "not found\n";
+            let mut not_found = ErrorResponse::new(Some(BODY.to_owned()));
+            *not_found.status_mut() = StatusCode::NOT_FOUND;
+            let headers = not_found.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(BODY.len()));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(not_found);
+        }
+        *self.takeover = wants_takeover(req.uri().query());
+        Ok(resp)
+    }
+}
+
+/// Whether `path` is `/play/TOKEN/input/PLAYER` with the session's token (compared in
+/// constant time) and this port's player.
+pub fn path_matches(path: &str, token: &str, player: u8) -> bool {
+    let Some(rest) = path.strip_prefix("/play/") else {
+        return false;
+    };
+    let Some((presented, rest)) = rest.split_once('/') else {
+        return false;
+    };
+    let token_ok = token_matches(token, presented);
+    let player_ok = rest
+        .strip_prefix("input/")
+        .and_then(parse_player)
+        .is_some_and(|p| p == player);
+    token_ok && player_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let t = "0123456789abcdef0123456789abcdef";
+        assert!(path_matches(&format!("/play/{t}/input/1"), t, 1));
+        assert!(path_matches(&format!("/play/{t}/input/2"), t, 2));
+        assert!(!path_matches(&format!("/play/{t}/input/2"), t, 1));
+        assert!(!path_matches(&format!("/play/{t}/input/1/"), t, 1));
+        assert!(!path_matches(&format!("/play/{t}x/input/1"), t, 1));
+        assert!(!path_matches(&format!("/play/{t}/video"), t, 1));
+        assert!(!path_matches("/play/", t, 1));
+        assert!(!path_matches("/", t, 1));
+    }
+}

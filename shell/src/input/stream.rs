@@ -1,0 +1,147 @@
+//! A player's socket once it has left tokio: a blocking TCP stream, plain or TLS, and the
+//! WebSocket over it.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+/// The largest WebSocket message read at all. Messages above the input contract's 1 KiB up to
+/// this size are read and answered with an error; larger ones close the connection (1009).
+pub const MAX_READ_MESSAGE: usize = 64 * 1024;
+
+/// A write that blocks this long (a client that does not read its replies) ends the
+/// connection, so a player thread never hangs on one client.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Close codes in the application range (RFC 6455 7.4.2) with their meaning on input sockets.
+pub mod close_code {
+    /// The player slot has a controller and the connection did not ask to take over.
+    pub const SLOT_TAKEN: u16 = 4001;
+    /// Another connection took this player slot over (`?takeover=1`).
+    pub const TAKEN_OVER: u16 = 4002;
+    /// The game's display cannot be reached, or went away.
+    pub const DISPLAY: u16 = 4003;
+    /// The session is ending.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message larger than [`super::MAX_READ_MESSAGE`].
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// The blocking byte stream under a player's WebSocket.
+#[derive(Debug)]
+pub enum PlayerStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl PlayerStream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            PlayerStream::Plain(s) => s,
+            PlayerStream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for PlayerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PlayerStream::Plain(s) => s.read(buf),
+            PlayerStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for PlayerStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            PlayerStream::Plain(s) => s.write(buf),
+            PlayerStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PlayerStream::Plain(s) => s.flush(),
+            PlayerStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The WebSocket settings of input sockets: small buffers, bounded messages.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_READ_MESSAGE))
+        .max_frame_size(Some(MAX_READ_MESSAGE))
+}
+
+/// One accepted input WebSocket, on its way to a player slot.
+#[derive(Debug)]
+pub struct Incoming {
+    pub ws: WebSocket<PlayerStream>,
+    /// A handle on the same socket, to end a blocking read from another thread.
+    pub shutdown: TcpStream,
+    /// The URL asked to take the slot over from its controller (`?takeover=1`).
+    pub takeover: bool,
+}
+
+impl Incoming {
+    /// Makes a blocking server-side WebSocket of `stream`, whose handshake is done; `read_buf`
+    /// holds bytes that came after the handshake request.
+    pub fn new(stream: PlayerStream, read_buf: Vec<u8>, takeover: bool) -> io::Result<Self> {
+        stream.tcp().set_nonblocking(false)?;
+        let ws = WebSocket::from_partially_read(stream, read_buf, Role::Server, Some(ws_config()));
+        Self::from_ws(ws, takeover)
+    }
+
+    /// Readies an accepted WebSocket for its player thread: blocking reads with no timeout,
+    /// writes bounded by `WRITE_TIMEOUT`.
+    pub fn from_ws(ws: WebSocket<PlayerStream>, takeover: bool) -> io::Result<Self> {
+        let tcp = ws.get_ref().tcp();
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(None)?;
+        tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let shutdown = tcp.try_clone()?;
+        Ok(Self {
+            ws,
+            shutdown,
+            takeover,
+        })
+    }
+
+    /// Closes the WebSocket with `code` and `reason` (blocking, bounded by the socket's
+    /// timeouts), then the socket.
+    pub fn close(mut self, code: u16, reason: &str) {
+        close_ws(&mut self.ws, code, reason);
+        let _ = self.shutdown.shutdown(Shutdown::Both);
+    }
+}
+
+/// Sends a close frame and waits (at most a second) for the peer's, so that the browser sees
+/// the code and reason.
+pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    if ws.close(Some(frame)).is_err() {
+        return;
+    }
+    let _ = ws
+        .get_ref()
+        .tcp()
+        .set_read_timeout(Some(Duration::from_secs(1)));
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = ws.flush();
+}
