@@ -54,6 +54,10 @@
 
   function onFrame(frame) {
     stats.framesDecoded++;
+    // Measurement harnesses (glass to glass) look at every decoded frame here.
+    if (typeof window.playpodFrameHook === 'function') {
+      try { window.playpodFrameHook(frame); } catch (e) { console.warn('frame hook', e); }
+    }
     latencies.push((nowMicros() - frame.timestamp) / 1000);
     if (latencies.length > 120) latencies.shift();
     if (pending) { pending.close(); stats.droppedFrames++; }

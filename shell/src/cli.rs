@@ -130,6 +130,10 @@ pub struct DemoArgs {
     /// Share the framebuffer as a SysV segment (Xvfb -shmem) instead of a file on tmpfs.
     #[arg(long)]
     pub shmem: bool,
+    /// Stamp each frame's draw time, number and the players' keys into the top-left corner, for
+    /// glass-to-glass measurements (see the README).
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -239,6 +239,9 @@ fn game_command(
         Some(server) => cmd.args(["--pulse-server", server]),
         None => cmd.arg("--no-sound"),
     };
+    if args.stamp {
+        cmd.arg("--stamp");
+    }
     Ok(cmd)
 }
 

@@ -5,15 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+pub mod g2g;
+
 /// The `playpod` binary of this build profile (`cargo build -p playpod` makes it; the README's
 /// test command does that before the tests).
 pub fn playpod_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/<test> -> target/<profile>/playpod
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/playpod
+    let mut dir = exe.parent().expect("the binary lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>/deps has a parent");
+    }
     let bin = dir.join("playpod");
     assert!(
         bin.is_file(),

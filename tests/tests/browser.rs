@@ -6,155 +6,17 @@
 //! Needs Debian's `chromium` and `chromium-driver` (the README's test command installs them);
 //! without them this test fails rather than skipping.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt as _;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::Client;
 use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
-use fantoccini::{Client, ClientBuilder};
 use futures_util::FutureExt as _;
-use hyper_util::client::legacy::connect::HttpConnector;
-use playpod_tests::{Served, have};
+use futures_util::future::BoxFuture;
+use playpod_tests::browser::{Chromedriver, new_session, require_browser};
+use playpod_tests::{Served, g2g};
 use serde_json::{Value, json};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "chromedriver";
-
-/// chromedriver on a free 127.0.0.1 port, in a process group of its own so that it and the
-/// Chromium it started are killed on drop, whatever happened in the test.
-struct Chromedriver {
-    child: Child,
-    port: u16,
-    log: tempfile::NamedTempFile,
-}
-
-impl Chromedriver {
-    fn start() -> Self {
-        let log = tempfile::Builder::new()
-            .prefix("playpod-chromedriver-")
-            .suffix(".log")
-            .tempfile()
-            .expect("log file");
-        let mut child = Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .arg(format!("--log-path={}", log.path().display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
-        // "ChromeDriver was started successfully on port 45887."
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split_once("started successfully on port ") {
-                    let port = rest.1.trim_end_matches('.').trim().parse::<u16>();
-                    let _ = tx.send(port);
-                }
-            }
-        });
-        let mut driver = Self {
-            child,
-            port: 0,
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(port)) => driver.port = port,
-            other => panic!(
-                "chromedriver did not report its port within 20 s ({other:?}; exit: {:?})\n{}",
-                driver.child.try_wait(),
-                driver.log_tail()
-            ),
-        }
-        driver
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "chromedriver log (last lines):\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        // The whole group: chromedriver and the browser it launched.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn require_browser() {
-    let missing: Vec<&str> = [
-        (
-            Path::new(CHROMIUM).is_file(),
-            "chromium (/usr/bin/chromium)",
-        ),
-        (have(CHROMEDRIVER), "chromedriver (on PATH)"),
-    ]
-    .into_iter()
-    .filter_map(|(ok, what)| (!ok).then_some(what))
-    .collect();
-    assert!(
-        missing.is_empty(),
-        "this end-to-end test needs a real browser, but {} is missing: install it with \
-         `apt-get install chromium chromium-driver` (the README's test command does this)",
-        missing.join(" and ")
-    );
-}
-
-async fn new_session(driver: &Chromedriver, profile: &Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "timeouts".into(),
-        json!({ "script": 60_000, "pageLoad": 30_000, "implicit": 0 }),
-    );
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-                "--window-size=1024,1024",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let mut builder = ClientBuilder::new(HttpConnector::new());
-    builder.capabilities(caps);
-    match tokio::time::timeout(Duration::from_secs(45), builder.connect(&driver.url())).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(err)) => panic!(
-            "cannot start a Chromium session: {err}\n{}",
-            driver.log_tail()
-        ),
-        Err(_) => panic!("no Chromium session within 45 s\n{}", driver.log_tail()),
-    }
-}
 
 /// Waits in the page for the first decoded frame, then counts the frames decoded in the 3 s
 /// after it, timed by the page's own clock.
@@ -372,25 +234,28 @@ async fn check_player(client: &Client, served: &Served) {
     assert_eq!(http_get(&origin, &format!("/play/{token}/")).0, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_plays_the_demo() {
+/// Starts `playpod ARGS...` and headless Chromium, runs `check` with them, and stops both
+/// whatever happened in `check` (its panic is passed on afterwards).
+async fn in_chromium<F>(args: &'static [&'static str], check: F)
+where
+    F: for<'a> FnOnce(&'a Client, &'a Served) -> BoxFuture<'a, ()>,
+{
     require_browser();
     let started = Instant::now();
     let profile = tempfile::Builder::new()
         .prefix("playpod-chromium-")
         .tempdir()
         .expect("profile dir");
-    let served = tokio::task::spawn_blocking(|| Served::start(&["demo"]))
+    let served = tokio::task::spawn_blocking(move || Served::start(args))
         .await
-        .expect("start the demo");
+        .expect("start playpod");
     let driver = Chromedriver::start();
     let client = new_session(&driver, profile.path()).await;
     eprintln!(
-        "demo and Chromium ready in {:.1} s",
+        "playpod and Chromium ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-
-    let result = std::panic::AssertUnwindSafe(check_player(&client, &served))
+    let result = std::panic::AssertUnwindSafe(check(&client, &served))
         .catch_unwind()
         .await;
     // Quit Chromium whatever happened; chromedriver's process group is killed on drop.
@@ -401,6 +266,14 @@ async fn chromium_plays_the_demo() {
         std::panic::resume_unwind(panic);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_the_demo() {
+    in_chromium(&["demo"], |client, served| {
+        check_player(client, served).boxed()
+    })
+    .await;
 }
 
 /// Waits in the page until the input channel is connected and frames are drawn.
@@ -642,25 +515,10 @@ async fn check_paddle_follows_keys(client: &Client, served: &Served) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_player_moves_a_paddle() {
-    require_browser();
-    let profile = tempfile::Builder::new()
-        .prefix("playpod-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let served = tokio::task::spawn_blocking(|| Served::start(&["demo", "--scene", "pong"]))
-        .await
-        .expect("start the demo");
-    let driver = Chromedriver::start();
-    let client = new_session(&driver, profile.path()).await;
-    let result = std::panic::AssertUnwindSafe(check_paddle_follows_keys(&client, &served))
-        .catch_unwind()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
-    drop(driver);
-    drop(served);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    in_chromium(&["demo", "--scene", "pong"], |client, served| {
+        check_paddle_follows_keys(client, served).boxed()
+    })
+    .await;
 }
 
 /// Waits for the page's first decoded audio, then counts the audio decoded in the 2 s after it.
@@ -761,23 +619,58 @@ async fn check_audio(client: &Client, served: &Served) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_and_plays_the_demo_audio() {
-    require_browser();
-    let profile = tempfile::Builder::new()
-        .prefix("playpod-chromium-")
-        .tempdir()
-        .expect("profile dir");
-    let served = tokio::task::spawn_blocking(|| Served::start(&["demo"]))
+    in_chromium(&["demo"], |client, served| {
+        check_audio(client, served).boxed()
+    })
+    .await;
+}
+
+/// Glass to glass for a few seconds (`glass-to-glass` measures a minute): the stamp the game
+/// draws is read back from every decoded frame in the page.
+async fn check_glass_to_glass(client: &Client, served: &Served) {
+    let report = g2g::measure(client, served, Duration::from_secs(6))
         .await
-        .expect("start the demo");
-    let driver = Chromedriver::start();
-    let client = new_session(&driver, profile.path()).await;
-    let result = std::panic::AssertUnwindSafe(check_audio(&client, &served))
-        .catch_unwind()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
-    drop(driver);
-    drop(served);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+        .expect("measure glass to glass");
+    let json = report.to_json();
+    eprintln!("glass to glass: {json}");
+    let decoded = report.frames.len();
+    // About 380 frames on an idle machine; CI's two cores run other suites alongside.
+    assert!(
+        decoded >= 100,
+        "only {decoded} frames decoded in 6 s: {json}"
+    );
+    assert!(
+        report.unreadable as usize * 50 <= decoded,
+        "more than 2 % of the decoded frames have no readable stamp: {json}"
+    );
+    assert_eq!(report.out_of_order(), 0, "frames went backwards: {json}");
+    // Same machine, same clock: every frame is decoded after it was drawn.
+    let draw = report.draw_to_decoded().expect("latencies");
+    assert!(
+        draw.min > 0.0 && draw.p50 < 1000.0,
+        "draw -> decoded latencies out of range: {json}"
+    );
+    // Twelve presses of the up arrow; each shows in the stamp of a later decoded frame.
+    assert!(
+        report.presses >= 10,
+        "the page saw {} presses: {json}",
+        report.presses
+    );
+    assert!(
+        report.key_latencies_ms.len() + 2 >= report.presses,
+        "key presses not seen in the stamp: {json}"
+    );
+    let keys = report.key_to_visible().expect("key latencies");
+    assert!(
+        keys.min > 0.0 && keys.p50 < 2000.0,
+        "key press -> visible latencies out of range: {json}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_measures_glass_to_glass() {
+    in_chromium(&["demo", "--stamp", "--scene", "pong"], |client, served| {
+        check_glass_to_glass(client, served).boxed()
+    })
+    .await;
 }

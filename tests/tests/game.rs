@@ -12,8 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use playpod::game::keys::{DEFAULT_KEYMAP, Key, KeycodeTable};
+use playpod::game::plasma::Plasma;
 use playpod::game::pong::Pong;
-use playpod::game::render::Ink;
+use playpod::game::render::{Ink, PixelFormat};
+use playpod::game::stamp::Stamp;
 use playpod::game::{GameArgs, Scene};
 use playpod_tests::{Guard, Xvfb, playpod_bin};
 use x11rb::connection::{Connection as _, RequestConnection as _};
@@ -35,6 +37,10 @@ struct Game {
 
 impl Game {
     fn start(display: &str, scene: Scene, seed: u64) -> Game {
+        Game::start_with(display, scene, seed, false)
+    }
+
+    fn start_with(display: &str, scene: Scene, seed: u64, stamp: bool) -> Game {
         let args = GameArgs {
             display: display.to_owned(),
             scene,
@@ -43,6 +49,7 @@ impl Game {
             fps: 60,
             pulse_server: None,
             no_sound: true,
+            stamp,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -367,4 +374,90 @@ fn the_game_process_fails_clearly_when_the_x_server_goes_away() {
         stderr.contains("lost the connection to the X server"),
         "stderr: {stderr}"
     );
+}
+
+/// The stamp read from a grabbed screen (`0xRRGGBB` pixels; the green channel as brightness).
+fn read_stamp(img: &[u32]) -> Option<Stamp> {
+    Stamp::read(|x, y| (img[usize::from(y) * usize::from(W) + usize::from(x)] >> 8) as u8)
+}
+
+fn now_ms() -> u32 {
+    Stamp::now(0, [0, 0]).time_ms
+}
+
+#[test]
+fn the_stamp_carries_draw_time_frame_number_and_keys() {
+    let xvfb = Xvfb::start(W.into(), H.into());
+    let screen = Screen::connect(&xvfb.name());
+    let mut game = Game::start_with(&xvfb.name(), Scene::Pong, 1, true);
+    let first = wait_for(
+        &screen,
+        &mut game,
+        Duration::from_secs(10),
+        "a stamped frame",
+        |img| read_stamp(img).is_some(),
+    );
+    let a = read_stamp(&first).expect("stamp");
+    let age = now_ms().wrapping_sub(a.time_ms) as i32;
+    assert!(
+        (0..1000).contains(&age),
+        "the stamp's draw time is {age} ms from now: {a:?}"
+    );
+    assert_eq!(a.keys, [0, 0], "no key is held: {a:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let b = read_stamp(&screen.grab()).expect("stamp");
+    let frames = b.frame.wrapping_sub(a.frame);
+    let ms = b.time_ms.wrapping_sub(a.time_ms);
+    assert!(
+        frames >= 6 && (100..2000).contains(&ms),
+        "200 ms later: {frames} frames, {ms} ms on ({a:?} -> {b:?})"
+    );
+    // A key held by player 2 shows in its bits, and goes when released.
+    screen.key(1, Key::B, true);
+    wait_for(
+        &screen,
+        &mut game,
+        Duration::from_secs(5),
+        "player 2's B in the stamp",
+        |img| read_stamp(img).is_some_and(|s| s.keys == [0, Key::B.bit()]),
+    );
+    screen.key(1, Key::B, false);
+    wait_for(
+        &screen,
+        &mut game,
+        Duration::from_secs(5),
+        "no key in the stamp",
+        |img| read_stamp(img).is_some_and(|s| s.keys == [0, 0]),
+    );
+    game.stop().expect("the game ends cleanly when asked to");
+}
+
+#[test]
+fn a_stamped_plasma_frame_is_regenerated_exactly_from_its_stamp() {
+    let xvfb = Xvfb::start(W.into(), H.into());
+    let screen = Screen::connect(&xvfb.name());
+    let mut game = Game::start_with(&xvfb.name(), Scene::Plasma, 7, true);
+    let img = wait_for(
+        &screen,
+        &mut game,
+        Duration::from_secs(10),
+        "a stamped plasma frame",
+        |img| read_stamp(img).is_some_and(|s| s.frame > 2),
+    );
+    let stamp = read_stamp(&img).expect("stamp");
+    // What a quality score does: the plasma of that frame number, with the same stamp on it.
+    let mut plasma = Plasma::new(7, W, H, PixelFormat::BGRX);
+    let mut reference = vec![0u8; plasma.len()];
+    plasma.render(u64::from(stamp.frame), &mut reference);
+    stamp.paint_x32(&mut reference, usize::from(W) * 4);
+    let differ = img
+        .iter()
+        .zip(reference.chunks_exact(4))
+        .filter(|&(&p, r)| p != u32::from_le_bytes([r[0], r[1], r[2], 0]))
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{differ} pixels differ from the regenerated frame {stamp:?}"
+    );
+    game.stop().expect("the game ends cleanly when asked to");
 }

@@ -10,6 +10,7 @@ pub mod plasma;
 pub mod pong;
 pub mod render;
 pub mod sound;
+pub mod stamp;
 pub mod x11;
 
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub struct GameArgs {
     /// Play no sound.
     #[arg(long)]
     pub no_sound: bool,
+    /// Stamp every frame's draw time, number and the players' keys into the top-left corner as
+    /// black and white blocks (160x32 pixels), for glass-to-glass measurements.
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 /// The most logic steps one frame catches up on after a stall; game time beyond is dropped.
@@ -90,17 +95,20 @@ pub fn run_until(args: &GameArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     tracing::info!(scene = ?args.scene, seed = args.seed, fps = args.fps, "game running");
     let clock = FrameClock::new(Instant::now(), args.fps);
     let mut keys = KeyState::default();
+    let mut stamper = if args.stamp {
+        Some(Stamper::new(&window)?)
+    } else {
+        None
+    };
     let mut frame = 0u64;
     let mut skipped = 0u64;
     while !stop.load(Ordering::Relaxed) {
         window.pump_events(&mut keys)?;
-        scene.frame(
-            frame,
-            args.fps,
-            keys.take_frame_input(),
-            &window,
-            sound.as_ref(),
-        )?;
+        let input = keys.take_frame_input();
+        scene.frame(frame, args.fps, input, &window, sound.as_ref())?;
+        if let Some(stamper) = &mut stamper {
+            stamper.draw(frame, input, &window)?;
+        }
         window.present()?;
 
         let next = clock.next_frame(frame, Instant::now());
@@ -118,6 +126,37 @@ pub fn run_until(args: &GameArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     }
     tracing::info!(frames = frame, skipped, "game stopped");
     Ok(())
+}
+
+/// Draws the [`stamp::Stamp`] of each frame over the scene.
+struct Stamper {
+    white: Gcontext,
+    black: Gcontext,
+    ones: Vec<x11rb::protocol::xproto::Rectangle>,
+    zeros: Vec<x11rb::protocol::xproto::Rectangle>,
+}
+
+impl Stamper {
+    fn new(window: &GameWindow) -> anyhow::Result<Stamper> {
+        let gcs = window.solid_gcs(&[[0xff; 3], [0; 3]])?;
+        Ok(Stamper {
+            white: gcs[0],
+            black: gcs[1],
+            ones: Vec::new(),
+            zeros: Vec::new(),
+        })
+    }
+
+    fn draw(
+        &mut self,
+        frame: u64,
+        input: [keys::PlayerKeys; 2],
+        window: &GameWindow,
+    ) -> anyhow::Result<()> {
+        stamp::Stamp::now(frame, [input[0].0, input[1].0]).rects(&mut self.ones, &mut self.zeros);
+        window.fill(self.white, &self.ones)?;
+        window.fill(self.black, &self.zeros)
+    }
 }
 
 /// What is on the screen, with what it needs to draw itself.
