@@ -17,6 +17,7 @@
     connected: false, codec: null, width: 0, height: 0,
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
     decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
+    clockOffsetMs: null, clockRttMs: null,
   });
 
   function showMessage(text) {
@@ -33,6 +34,27 @@
         '(start playpod with --tls-self-signed or --tls-cert/--tls-key), or as http://localhost / http://127.0.0.1 on this machine.');
     return;
   }
+
+  // The server's clock minus ours (µs), from the clock probe with the shortest round trip among
+  // the last few: capture times are on the server's clock.
+  let clockOffsetUs = 0;
+  const probes = [];
+  function onPong(msg) {
+    const now = performance.timeOrigin + performance.now();
+    const rtt = now - msg.pong;
+    if (!(rtt >= 0) || rtt > 10000) return;
+    probes.push({ rtt, offsetMs: msg.serverUs / 1000 - (msg.pong + rtt / 2) });
+    if (probes.length > 8) probes.shift();
+    const best = probes.reduce((a, b) => (b.rtt < a.rtt ? b : a));
+    clockOffsetUs = best.offsetMs * 1000;
+    stats.clockOffsetMs = Math.round(best.offsetMs * 10) / 10;
+    stats.clockRttMs = Math.round(best.rtt * 10) / 10;
+  }
+  const probeClock = (socket) => {
+    if (socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ ping: performance.timeOrigin + performance.now() }));
+    }
+  };
 
   let decoder = null;
   let waitingForKey = true;
@@ -58,7 +80,7 @@
     if (typeof window.playpodFrameHook === 'function') {
       try { window.playpodFrameHook(frame); } catch (e) { console.warn('frame hook', e); }
     }
-    latencies.push((nowMicros() - frame.timestamp) / 1000);
+    latencies.push((nowMicros() + clockOffsetUs - frame.timestamp) / 1000);
     if (latencies.length > 120) latencies.shift();
     if (pending) { pending.close(); stats.droppedFrames++; }
     pending = frame;
@@ -86,10 +108,17 @@
     const socket = new WebSocket(wsBase + 'video');
     socket.binaryType = 'arraybuffer';
     let config = null;
-    socket.onopen = () => { backoff = 250; };
+    let prober = null;
+    socket.onopen = () => {
+      backoff = 250;
+      probeClock(socket);
+      prober = setInterval(() => probeClock(socket), 2000);
+    };
     socket.onmessage = (ev) => {
       if (typeof ev.data === 'string') {
-        config = JSON.parse(ev.data);
+        const msg = JSON.parse(ev.data);
+        if ('pong' in msg) { onPong(msg); return; }
+        config = msg;
         stats.codec = config.codec; stats.width = config.width; stats.height = config.height;
         newDecoder(config, socket);
         stats.connected = true;
@@ -120,6 +149,7 @@
       }));
     };
     socket.onclose = () => {
+      clearInterval(prober);
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;
@@ -143,7 +173,9 @@
     statsEl.textContent =
       `${stats.connected ? stats.width + 'x' + stats.height + ' ' + stats.codec : 'connecting…'}\n` +
       `${stats.fps} fps  ${stats.kbps} kbit/s\n` +
-      `latency ${stats.latencyMs ?? '–'} ms  queue ${stats.decodeQueue}\n` +
+      `latency ${stats.latencyMs ?? '–'} ms capture→decoded` +
+      `${stats.clockRttMs === null ? '' : ` (clock ±${(stats.clockRttMs / 2).toFixed(1)} ms)`}\n` +
+      `queue ${stats.decodeQueue}  ` +
       `dropped ${stats.droppedFrames}  errors ${stats.decodeErrors}`;
   }, 500);
 

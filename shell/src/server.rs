@@ -269,6 +269,19 @@ pub fn video_config(codec: &str, stream: StreamInfo) -> String {
     .to_string()
 }
 
+/// The answer to a clock probe `{"ping":T}` (T: the player's clock, any finite number):
+/// `{"pong":T,"serverUs":NOW}` with our time in µs since the Unix epoch, the clock of the
+/// capture times. Anything else gets no answer.
+pub fn pong_reply(text: &str, now_us: u64) -> Option<String> {
+    if text.len() > 128 {
+        return None;
+    }
+    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
+    let ping = msg.as_object()?.get("ping")?;
+    ping.as_f64().filter(|t| t.is_finite())?;
+    Some(serde_json::json!({ "pong": ping, "serverUs": now_us }).to_string())
+}
+
 /// Counts a viewer for as long as it lives.
 struct ViewerGuard<'a>(&'a Health);
 
@@ -316,6 +329,16 @@ pub async fn stream_video<S, R>(
                 // A player whose decoder restarted asks for a fresh keyframe.
                 Some(Ok(Message::Text(t))) if t.as_str() == "keyframe" => {
                     app.ring.request_keyframe();
+                    continue;
+                }
+                // The player estimates the offset between its clock and ours, so that its
+                // overlay's capture -> decoded latency holds across machines.
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(reply) = pong_reply(t.as_str(), unix_micros())
+                        && !send(&mut sink, Message::Text(reply.into()), health).await
+                    {
+                        return;
+                    }
                     continue;
                 }
                 Some(Ok(_)) => continue,
@@ -390,6 +413,25 @@ mod tests {
             [1, 1, 0, 0, 2, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1],
             "kind, flags, reserved, u32 seq (wrapping), u64 capture time, little-endian"
         );
+    }
+
+    #[test]
+    fn clock_probes_get_our_time_and_nothing_else_does() {
+        let reply: serde_json::Value =
+            serde_json::from_str(&pong_reply(r#"{"ping":1234.5}"#, 99).unwrap()).unwrap();
+        assert_eq!(reply, serde_json::json!({"pong": 1234.5, "serverUs": 99}));
+        for bad in [
+            "",
+            "ping",
+            "{}",
+            r#"{"ping":"x"}"#,
+            r#"{"ping":null}"#,
+            "[1]",
+            r#"{"ping":1e999}"#,
+            &format!(r#"{{"ping":1,"pad":"{}"}}"#, "x".repeat(200)),
+        ] {
+            assert_eq!(pong_reply(bad, 1), None, "{bad:?}");
+        }
     }
 
     #[test]

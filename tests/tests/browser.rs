@@ -188,6 +188,7 @@ async fn check_player(client: &Client, served: &Served) {
     eprintln!("stats: {drawn}");
     assert!(int(&drawn, "framesDrawn") > 0, "{drawn}");
     assert_eq!(int(&drawn, "decodeErrors"), 0, "{drawn}");
+    check_overlay(client).await;
 
     // (d) a wrong token is a 404, in the browser and on the wire, like an unknown path.
     let token = served
@@ -266,6 +267,55 @@ where
         std::panic::resume_unwind(panic);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The overlay shows fps, bitrate, latency and dropped frames, and the clock probe found this
+/// machine's own clock (offset within its round trip of zero).
+async fn check_overlay(client: &Client) {
+    let seen = client
+        .execute(
+            "return { text: document.getElementById('stats').textContent, \
+             stats: window.playpodStats };",
+            vec![],
+        )
+        .await
+        .expect("read the overlay");
+    let text = seen["text"].as_str().unwrap_or_default();
+    eprintln!("overlay: {text:?}");
+    let number_before = |unit: &str| {
+        text.split(unit)
+            .next()
+            .filter(|before| before.len() < text.len())
+            .and_then(|before| before.split_whitespace().last())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    let fps = number_before(" fps").unwrap_or_else(|| panic!("no fps in the overlay: {seen}"));
+    assert!(fps > 10.0, "the overlay says {fps} fps: {seen}");
+    let kbps =
+        number_before(" kbit/s").unwrap_or_else(|| panic!("no bitrate in the overlay: {seen}"));
+    assert!(kbps > 10.0, "the overlay says {kbps} kbit/s: {seen}");
+    let latency = number_before(" ms capture→decoded")
+        .unwrap_or_else(|| panic!("no latency in the overlay: {seen}"));
+    assert!(
+        latency > 0.0 && latency < 2000.0,
+        "the overlay says {latency} ms: {seen}"
+    );
+    assert!(
+        text.contains("dropped "),
+        "no dropped frames in the overlay: {seen}"
+    );
+    let stats = &seen["stats"];
+    let (offset, rtt) = (
+        stats["clockOffsetMs"].as_f64(),
+        stats["clockRttMs"].as_f64(),
+    );
+    let (Some(offset), Some(rtt)) = (offset, rtt) else {
+        panic!("the clock probe got no answer: {seen}");
+    };
+    assert!(
+        rtt >= 0.0 && offset.abs() <= rtt / 2.0 + 2.0,
+        "same machine, yet the clock offset is {offset} ms (round trip {rtt} ms): {seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
