@@ -25,7 +25,25 @@ install_missing() {
   echo "playpod: installing ${missing_packages[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null
+  # Some packages (prometheus) start a system service when installed. The tests run their own
+  # servers; nothing may keep running: a policy-rc.d forbids service starts during the install
+  # (invoke-rc.d and deb-systemd-invoke obey it; containers without systemd included), unless
+  # the machine already has one.
+  local policy=/usr/sbin/policy-rc.d added_policy="" status=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    added_policy=1
+  fi
+  $sudo apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >/dev/null || status=$?
+  if [ -n "$added_policy" ]; then
+    $sudo rm -f "$policy"
+  fi
+  [ "$status" -eq 0 ] || exit "$status"
+  # Nor start at the next boot where systemd runs.
+  if [[ " ${missing_packages[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
   missing_packages=()
 }
 
@@ -58,6 +76,19 @@ need_test_tools() {
     missing_packages+=(python3-venv)
   fi
   need_program curl curl
+  # A real Prometheus server scraping a running pod (tests/tests/prometheus.rs).
+  need_program prometheus prometheus
+}
+
+# What benches/compare.sh needs on top of the runtime: FFmpeg (the peer, and the independent decoder
+# of both streams) and matplotlib for the chart, in the system Python that Debian's package serves.
+need_compare_tools() {
+  need_runtime
+  need_program ffmpeg ffmpeg
+  need_program python3 python3
+  if ! { python3 -c 'import matplotlib' || /usr/bin/python3 -c 'import matplotlib'; } >/dev/null 2>&1; then
+    missing_packages+=(python3-matplotlib)
+  fi
 }
 
 # cargo-fuzz (the fuzz smoke of test.sh), from crates.io when missing. Its targets build on stable

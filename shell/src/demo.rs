@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::audio::AudioSource;
 use crate::audio::daemon::{self, PulseDaemon, PulseHome};
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, LogFormat};
 use crate::game::Scene;
 use crate::session::{self, Session};
 
@@ -215,6 +215,7 @@ async fn start_pulse(home: &PulseHome) -> Option<PulseDaemon> {
 
 fn game_command(
     args: &DemoArgs,
+    log_format: LogFormat,
     display: u32,
     pulse_server: Option<&str>,
 ) -> anyhow::Result<std::process::Command> {
@@ -242,6 +243,8 @@ fn game_command(
     if args.stamp {
         cmd.arg("--stamp");
     }
+    // The game logs like the demo, so that a log shipper reads one format.
+    cmd.args(["--log-format", log_format.as_arg()]);
     Ok(cmd)
 }
 
@@ -263,7 +266,7 @@ async fn first_exit(
     }
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     // Watch Ctrl-C and SIGTERM before starting anything, so that a signal at any point from here
     // on stops the children and removes the framebuffer instead of killing the process outright.
     let stop_signal = session::shutdown_signal();
@@ -349,7 +352,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let pulse_server = pulse_home.as_ref().map(PulseHome::server);
         let mut game = Managed::spawn(
             "game",
-            game_command(&args, display, pulse_server.as_deref())?,
+            game_command(&args, log_format, display, pulse_server.as_deref())?,
         )?;
         let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
         // Players' keys go into the demo's own virtual screen, where the game reads them.

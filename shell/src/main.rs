@@ -9,7 +9,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Game(args) => playpod::game::run(&args),
         Command::Control(args) => runtime().and_then(|rt| rt.block_on(playpod::control::run(args))),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(playpod::demo::run(args))),
+        Command::Demo(args) => {
+            runtime().and_then(|rt| rt.block_on(playpod::demo::run(args, cli.log_format)))
+        }
         Command::Pod(args) => runtime().and_then(|rt| rt.block_on(playpod::pod::run(args))),
     };
     match result {

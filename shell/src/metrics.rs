@@ -120,18 +120,25 @@ impl Collector for SessionCollector {
             "Access units put in the broadcast ring.",
             load(&s.frames_published),
         )?;
-        counter(
-            &mut enc,
-            "frames_dropped_late",
-            "Frame ticks skipped because the frame thread was late.",
-            load(&s.frames_dropped_late),
-        )?;
-        counter(
-            &mut enc,
-            "frames_dropped_oversize",
-            "Access units too large for a ring slot.",
-            load(&s.frames_dropped_oversize),
-        )?;
+        {
+            // Every way a frame is lost before the ring, one series per reason, all always
+            // present (a zero is a fact too). A capture, conversion or encoder error is not
+            // here: it ends the frame thread (`playpod_display_up` turns 0 and the pod exits).
+            let mut family = enc.encode_descriptor(
+                "frames_dropped",
+                "Frames lost before the broadcast ring, by reason: late (frame ticks skipped \
+                 because the frame thread was late), oversize (access units too large for a \
+                 ring slot).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in [
+                ("late", load(&s.frames_dropped_late)),
+                ("oversize", load(&s.frames_dropped_oversize)),
+            ] {
+                ConstCounter::new(v).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
         counter(
             &mut enc,
             "keyframes",
@@ -403,5 +410,63 @@ impl Collector for AudioCollector {
             "Time in the Opus encoder per 10 ms frame.",
             &s.encode_time,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use playpod_hotpath::ring::RingConfig;
+    use playpod_hotpath::stats::bump;
+
+    fn session_text(stats: &Arc<PipelineStats>) -> String {
+        let (ring, _writer) = Ring::new(RingConfig::for_picture(64, 64));
+        let health = Arc::new(Health::new("openh264", "fbdir"));
+        Metrics::new(stats.clone(), health, ring)
+            .encode()
+            .expect("encode")
+    }
+
+    #[test]
+    fn frames_dropped_is_one_family_by_reason() {
+        let stats = Arc::new(PipelineStats::default());
+        let text = session_text(&stats);
+        for needle in [
+            "# TYPE playpod_frames_dropped counter",
+            "playpod_frames_dropped_total{reason=\"late\"} 0",
+            "playpod_frames_dropped_total{reason=\"oversize\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        bump(&stats.frames_dropped_late, 3);
+        bump(&stats.frames_dropped_oversize, 2);
+        let text = session_text(&stats);
+        for needle in [
+            "playpod_frames_dropped_total{reason=\"late\"} 3",
+            "playpod_frames_dropped_total{reason=\"oversize\"} 2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        assert!(!text.contains("frames_dropped_late"), "{text}");
+        assert!(!text.contains("frames_dropped_oversize"), "{text}");
+    }
+
+    #[test]
+    fn session_names_and_build_info() {
+        let stats = Arc::new(PipelineStats::default());
+        stats.ready_to_ring.record(4_000);
+        let text = session_text(&stats);
+        for needle in [
+            "playpod_frames_encoded_total 0",
+            "playpod_encoded_bytes_total 0",
+            "playpod_viewers 0",
+            "playpod_frame_ready_to_ring_seconds_bucket{le=\"0.004\"} 1",
+            "playpod_frame_ready_to_ring_seconds_count 1",
+            "playpod_build_info{version=",
+            "encoder=\"openh264\",conversion=\"cpu\",capture=\"fbdir\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks both Helm charts and the objects `playpod control` applies (run through check.sh).
+"""Checks both Helm charts, the Grafana dashboard and the objects `playpod control` applies (run
+through check.sh).
 
 Every step prints `ok ...` or `FAIL ...`; the last line is `charts: N passed, M failed` and the
 exit status is non-zero when anything failed.
@@ -11,6 +12,7 @@ import argparse
 import copy
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,11 @@ KUBERNETES_VERSIONS = ["1.33.0", "1.37.0"]
 NAMESPACE = "playpod"
 # The token `playpod control --dump-session-manifests` uses (shell/src/control/manifests.rs).
 DUMP_TOKEN = "0123456789abcdef0123456789abcdef"
+# Where the "full" scenario puts the Grafana dashboard's ConfigMap (Grafana's namespace).
+DASHBOARD_NAMESPACE = "monitoring"
+# Every metric name playpod exposes, as Prometheus stores them; tests/tests/prometheus.rs keeps
+# this list equal to what a real Prometheus scraped from a running pod and the control plane.
+METRIC_NAMES = "tests/charts/metric-names.txt"
 # Custom resources kubernetes-validate has no schema for: checked structurally below.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
 
@@ -53,6 +60,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "imagePullSecrets": ["registry"],
             "ingress": {"enabled": True, "host": "control.example.com", "tlsSecretName": "control-tls"},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "dashboard": {"enabled": True, "namespace": DASHBOARD_NAMESPACE, "label": "example.com/dashboard",
+                          "labelValue": "games", "folder": "Games"},
             "gpuTimeSlicing": {"enabled": True, "namespace": "nvidia-device-plugin", "replicas": 8},
             "nodeSelector": {"kubernetes.io/os": "linux"},
             "sessions": {
@@ -80,7 +89,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
         "playpod",
         "existing-secret-no-networkpolicy",
         "playpod",
-        {"apiToken": {"existingSecret": "my-api-token"}, "networkPolicy": {"enabled": False}},
+        {"apiToken": {"existingSecret": "my-api-token"}, "networkPolicy": {"enabled": False},
+         "dashboard": {"enabled": True}},
         # Without NetworkPolicies checkov rightly flags the pods (CKV2_K8S_6): not a shipped default.
         False,
     ),
@@ -115,7 +125,18 @@ MUST_FAIL: list[tuple[str, dict[str, Any], str]] = [
     ("playpod", {"sessions": {"typo": 1}}, "typo"),
     ("playpod", {"games": []}, "games"),
     ("playpod", {"games": [{"name": "Bad_Name", "image": "x"}]}, "name"),
+    ("playpod", {"dashboard": {"typo": 1}}, "typo"),
+    ("playpod", {"dashboard": {"enabled": True, "label": "not a label!"}}, "label"),
+    ("playpod", {"dashboard": {"enabled": True, "namespace": "Not_A_Namespace"}}, "namespace"),
 ]
+
+# How each playpod scenario's dashboard ConfigMap must look: None (not rendered), or
+# (namespace, label, label value, folder annotation or None).
+DASHBOARD_EXPECTED: dict[str, tuple[str, str, str, str | None] | None] = {
+    "default": None,
+    "full": (DASHBOARD_NAMESPACE, "example.com/dashboard", "games", "Games"),
+    "existing-secret-no-networkpolicy": (NAMESPACE, "grafana_dashboard", "1", None),
+}
 
 
 class Report:
@@ -250,9 +271,166 @@ def validate(report: Report, where: str, docs: list[dict[str, Any]]) -> None:
             else:
                 report.ok(what)
         if doc.get("kind") not in ("ClusterRole", "ClusterRoleBinding"):
-            report.check(doc.get("metadata", {}).get("namespace") == NAMESPACE
-                         or doc.get("metadata", {}).get("name") == "playpod-time-slicing",
+            meta = doc.get("metadata", {})
+            report.check(meta.get("namespace") == NAMESPACE
+                         or meta.get("name") == "playpod-time-slicing"
+                         or (is_dashboard(doc) and meta.get("namespace") == DASHBOARD_NAMESPACE),
                          f"{where}: {name} names its namespace", json.dumps(doc.get("metadata")))
+
+
+def is_dashboard(doc: dict[str, Any]) -> bool:
+    return doc.get("kind") == "ConfigMap" and "playpod.json" in (doc.get("data") or {})
+
+
+def check_dashboard_object(report: Report, root: pathlib.Path, scenario: str, docs: list[dict[str, Any]]) -> None:
+    """The dashboard ConfigMap: there when enabled, labelled for Grafana's sidecar, the file's JSON."""
+    expected = DASHBOARD_EXPECTED[scenario]
+    found = [d for d in docs if is_dashboard(d)]
+    what = f"playpod [{scenario}]: dashboard ConfigMap"
+    if expected is None:
+        report.check(not found, f"{what} not rendered (dashboard.enabled false)", json.dumps(found)[:500])
+        return
+    if not report.check(len(found) == 1, f"{what} rendered once", f"found {len(found)}"):
+        return
+    cm = found[0]
+    meta = cm["metadata"]
+    namespace, label, value, folder = expected
+    report.check(meta.get("namespace") == namespace, f"{what} in namespace {namespace}", json.dumps(meta))
+    report.check((meta.get("labels") or {}).get(label) == value,
+                 f"{what} labelled {label}={value!r} for the sidecar", json.dumps(meta.get("labels")))
+    annotations = meta.get("annotations") or {}
+    if folder is None:
+        report.check("grafana_folder" not in annotations, f"{what} has no folder annotation", json.dumps(annotations))
+    else:
+        report.check(annotations.get("grafana_folder") == folder, f"{what} annotated grafana_folder={folder!r}",
+                     json.dumps(annotations))
+    text = cm["data"]["playpod.json"]
+    try:
+        embedded = json.loads(text)
+    except json.JSONDecodeError as e:
+        report.fail(f"{what}: embedded dashboard is JSON", str(e))
+        return
+    shipped = json.loads((root / "charts" / "playpod" / "dashboards" / "playpod.json").read_text())
+    report.check(embedded == shipped, f"{what}: embedded JSON parses and equals dashboards/playpod.json")
+    report.check(len(text.encode()) < 900 * 1024, f"{what}: {len(text.encode())} bytes, under the ConfigMap limit")
+
+
+def metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"(?<![A-Za-z0-9_])playpod_[A-Za-z0-9_]+", expr))
+
+
+def declared_in_sources(root: pathlib.Path, name: str) -> bool:
+    """Whether the Rust metric code registers `name` (as Prometheus stores it) under its base name."""
+    sources = {
+        "playpod_control_": (root / "shell" / "src" / "control" / "metrics.rs").read_text(),
+        "playpod_": (root / "shell" / "src" / "metrics.rs").read_text(),
+    }
+    for prefix, text in sources.items():
+        if not name.startswith(prefix):
+            continue
+        base = name[len(prefix):]
+        candidates = {base}
+        for suffix in ("_total", "_bucket", "_sum", "_count", "_info"):
+            if base.endswith(suffix):
+                candidates.add(base[: -len(suffix)])
+        candidates |= {c[: -len("_seconds")] for c in set(candidates) if c.endswith("_seconds")}
+        if any(f'"{c}"' in text for c in candidates):
+            return True
+    return False
+
+
+def check_dashboard(report: Report, root: pathlib.Path) -> None:
+    """The dashboard itself: Grafana's format, the datasource variable everywhere, unique panel ids,
+    and only metric names playpod exposes."""
+    path = root / "charts" / "playpod" / "dashboards" / "playpod.json"
+    try:
+        dash = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        report.fail("dashboards/playpod.json is JSON", str(e))
+        return
+    report.ok("dashboards/playpod.json is JSON")
+    report.check(isinstance(dash.get("schemaVersion"), int) and 36 <= dash["schemaVersion"] <= 41,
+                 f"dashboard schemaVersion {dash.get('schemaVersion')} (Grafana 10/11)")
+    report.check(bool(dash.get("uid")) and bool(dash.get("title")), "dashboard has a uid and a title")
+    variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource", {})
+    report.check(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
+                 "dashboard variable `datasource` picks a Prometheus data source", json.dumps(ds))
+    uses_variable = {"${datasource}", "$datasource"}
+
+    def ds_ok(obj: dict[str, Any]) -> bool:
+        d = obj.get("datasource")
+        return isinstance(d, dict) and d.get("type") == "prometheus" and d.get("uid") in uses_variable
+
+    panels: list[dict[str, Any]] = []
+    for p in dash.get("panels", []):
+        panels.append(p)
+        panels.extend(p.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    dup = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+    report.check(all(isinstance(i, int) for i in ids) and not dup,
+                 f"dashboard: {len(panels)} panels, each with a unique integer id", f"duplicates or missing: {dup}")
+    exprs: list[tuple[str, str]] = []
+    bad_ds: list[str] = []
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        title = p.get("title", "?")
+        if not ds_ok(p):
+            bad_ds.append(f"panel {title!r}: {p.get('datasource')}")
+        targets = p.get("targets") or []
+        if not targets:
+            bad_ds.append(f"panel {title!r} has no query")
+        for t in targets:
+            if not ds_ok(t):
+                bad_ds.append(f"panel {title!r} target {t.get('refId')}: {t.get('datasource')}")
+            if not (t.get("expr") or "").strip():
+                bad_ds.append(f"panel {title!r} target {t.get('refId')}: empty expr")
+            else:
+                exprs.append((title, t["expr"]))
+    for name, v in variables.items():
+        if v.get("type") == "query":
+            if not ds_ok(v):
+                bad_ds.append(f"variable {name}: {v.get('datasource')}")
+            exprs.append((f"variable {name}", v.get("definition") or ""))
+    report.check(not bad_ds, f"dashboard: every panel, query and query variable uses the ${{datasource}} variable "
+                 f"({len(exprs)} expressions)", "\n  " + "\n  ".join(bad_ds))
+
+    names_file = root / METRIC_NAMES
+    exposed = {line.strip() for line in names_file.read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    undeclared = sorted(n for n in exposed if not declared_in_sources(root, n))
+    report.check(bool(exposed) and not undeclared,
+                 f"{METRIC_NAMES}: {len(exposed)} names, each registered in shell/src/metrics.rs or "
+                 "shell/src/control/metrics.rs", f"not found in the sources: {undeclared}")
+    used: set[str] = set()
+    unknown: list[str] = []
+    for where, expr in exprs:
+        names = metric_names_in(expr)
+        if not names:
+            unknown.append(f"{where}: no playpod metric in {expr!r}")
+        used |= names
+        unknown.extend(f"{where}: {n}" for n in sorted(names - exposed))
+    report.check(not unknown, f"dashboard: its {len(used)} metric names are all ones playpod exposes ({METRIC_NAMES})",
+                 "\n  " + "\n  ".join(unknown))
+    # Every family of the control plane, and the pod's headline series, are on the dashboard.
+    def family(n: str) -> str:
+        return re.sub(r"_(bucket|sum|count)$", "", n)
+    control = {family(n) for n in exposed if n.startswith("playpod_control_")}
+    missing = sorted(control - {family(n) for n in used})
+    report.check(not missing, f"dashboard: shows all {len(control)} control-plane metric families",
+                 f"missing: {missing}")
+    headline = {
+        "playpod_frames_encoded_total", "playpod_frames_dropped_total", "playpod_frame_ready_to_ring_seconds_bucket",
+        "playpod_encode_seconds_bucket", "playpod_convert_seconds_bucket", "playpod_video_bytes_sent_total",
+        "playpod_encoded_bytes_total", "playpod_viewers", "playpod_players", "playpod_keyframe_requests_total",
+        "playpod_viewer_lags_total", "playpod_input_messages_total", "playpod_input_errors_total",
+        "playpod_input_latency_seconds_bucket", "playpod_audio_state", "playpod_audio_packets_total",
+        "playpod_audio_pcm_underruns_total", "playpod_audio_pcm_overruns_total", "playpod_build_info",
+    }
+    missing = sorted(headline - used)
+    report.check(not missing, f"dashboard: shows the {len(headline)} headline series of the game pods",
+                 f"missing: {missing}")
 
 
 def same_session_objects(report: Report, chart_docs: list[dict[str, Any]],
@@ -360,6 +538,11 @@ def main() -> int:
             if chart == "playpod":
                 dumps[scenario] = dump_sessions(report, args.playpod, scenario, docs, work)
                 validate(report, f"control-plane sessions [{scenario}]", dumps[scenario])
+
+        check_dashboard(report, root)
+        for scenario in DASHBOARD_EXPECTED:
+            if ("playpod", scenario) in rendered:
+                check_dashboard_object(report, root, scenario, rendered[("playpod", scenario)])
 
         for scenario, want_gpu in (("default", False), ("full", True)):
             if ("playpod-session", scenario) in rendered:

@@ -7,6 +7,11 @@
 #   - kubernetes-validate: every object, strictly, against Kubernetes 1.33 (the oldest the charts and
 #     the k8s-openapi feature support) and 1.37 (the newest the tool knows);
 #   - the session chart's Pod spec equals the control plane's for the same game and token;
+#   - the Grafana dashboard (charts/playpod/dashboards/playpod.json): its ConfigMap renders when
+#     enabled, labelled for Grafana's sidecar, with the file's JSON; the JSON has the datasource
+#     variable in every panel and query, unique panel ids, and uses only metric names playpod
+#     exposes (tests/charts/metric-names.txt, kept true by tests/tests/prometheus.rs against a
+#     real Prometheus);
 #   - checkov (kubernetes framework) on all rendered objects and (dockerfile framework) on
 #     charts/images/*.Dockerfile: no failed check; every skip is justified in the chart or code.
 #

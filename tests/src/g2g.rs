@@ -212,6 +212,8 @@ pub async fn measure(
         anyhow::bail!("the player did not start: {err} ({ready})");
     }
     client.execute(INSTALL, vec![]).await?;
+    // A press counts from a decoded frame showing the key up: let some arrive first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let cycles = (duration.as_millis() / 500).max(1);
     let mut keys = KeyActions::new("keyboard".to_owned());
