@@ -3,6 +3,10 @@
 //! - `benches/pipeline.rs` (criterion): conversion, encoding and the ring, per frame.
 //! - `latency-probe`: the real frame thread at 60 fps on a real Xvfb, frame ready -> ring p50/p99.
 //! - `compare.py`: `playpod pod` against the ffmpeg x11grab + libx264 peer, CPU per frame.
+//!   `compare.sh` installs its tools, builds and runs it; it adds quality (PSNR/SSIM against the
+//!   source frames) and the fan-out to 1, 10 and 50 spectators.
+//! - `ws-viewer`: one or many viewers of a session's video, counting frames; saves the stream.
+//! - `quality`: PSNR and SSIM of a decoded stream of the stamped plasma against its source frames.
 
 use playpod::game::plasma::Plasma;
 use playpod::game::render::PixelFormat;

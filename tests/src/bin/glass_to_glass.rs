@@ -4,7 +4,7 @@
 //! stamp shows the key held). Prints a table and one JSON line; `--out FILE` also writes the JSON.
 //!
 //! ```text
-//! cargo build --release -p playpod -p playpod-tests --bin glass-to-glass
+//! cargo build --release -p playpod && cargo build --release -p playpod-tests --bin glass-to-glass
 //! target/release/glass-to-glass --seconds 60
 //! ```
 //!
