@@ -25,6 +25,10 @@ struct Args {
     /// How long to measure.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
     seconds: u64,
+    /// What the game shows: `pong` (the demo game) or `plasma` (every pixel changes every frame,
+    /// the encoder's and decoder's worst case).
+    #[arg(long, default_value = "pong", value_parser = ["pong", "plasma"])]
+    scene: String,
     /// Extra arguments for `playpod demo` (e.g. `--demo-arg=--bitrate-kbps=1000`).
     #[arg(long = "demo-arg", allow_hyphen_values = true)]
     demo_args: Vec<String>,
@@ -47,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     require_browser();
     let _ = playpod_bin();
-    let mut demo: Vec<&str> = vec!["demo", "--stamp", "--scene", "pong"];
+    let mut demo: Vec<&str> = vec!["demo", "--stamp", "--scene", &args.scene];
     demo.extend(args.demo_args.iter().map(String::as_str));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -67,9 +71,10 @@ fn main() -> anyhow::Result<()> {
         result
     })?;
     println!(
-        "playpod demo --stamp (Pong, 768x768, 60 fps), headless Chromium, {:.0} s, \
+        "playpod demo --stamp --scene {} (768x768, 60 fps), headless Chromium, {:.0} s, \
          {} decoded frames ({} repeating the game frame before, {} out of order), {} unreadable \
          stamps\n",
+        args.scene,
         report.seconds,
         report.frames.len(),
         report.repeated(),
