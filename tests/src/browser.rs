@@ -151,3 +151,19 @@ pub async fn new_session(driver: &Chromedriver, profile: &Path) -> Client {
         Err(_) => panic!("no Chromium session within 45 s\n{}", driver.log_tail()),
     }
 }
+
+/// Waits in the page until the input channel is connected and frames are drawn.
+pub const WAIT_PLAYER: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function wait() {
+  const input = window.playpodInput, s = window.playpodStats;
+  if (input && input.connected && s && s.framesDrawn > 10) {
+    done({ input, stats: s });
+  } else if (performance.now() - t0 > 30000) {
+    done({ error: 'no connected input channel and drawn frames within 30 s', input: input || null, stats: s || null });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+";

@@ -15,6 +15,7 @@ use playpod::game::keys::Key;
 use serde_json::{Value, json};
 
 use crate::Served;
+use crate::browser::WAIT_PLAYER;
 
 /// Installed in the page: reads the stamp of every decoded frame (same layout and CRC as
 /// `playpod::game::stamp`) and records `[draw -> decoded ms, frame number, keys 1, keys 2]`;
@@ -59,22 +60,6 @@ for (const type of ['keydown', 'keyup']) {
   window.addEventListener(type, (ev) => { if (!ev.repeat) rec.keys.push([now(), ev.code, type === 'keydown']); }, true);
 }
 return true;
-";
-
-/// Waits until the page's input channel is connected and frames are drawn.
-const WAIT_READY: &str = r"
-const done = arguments[arguments.length - 1];
-const t0 = performance.now();
-(function wait() {
-  const input = window.playpodInput, s = window.playpodStats;
-  if (input && input.connected && s && s.framesDrawn > 10) {
-    done({ ok: true });
-  } else if (performance.now() - t0 > 30000) {
-    done({ error: 'no connected input channel and drawn frames within 30 s', input: input || null, stats: s || null });
-  } else {
-    setTimeout(wait, 20);
-  }
-})();
 ";
 
 /// Percentiles of a set of latencies, in milliseconds.
@@ -207,7 +192,7 @@ pub async fn measure(
     duration: Duration,
 ) -> anyhow::Result<Report> {
     client.goto(&format!("{}?player=1", served.url)).await?;
-    let ready = client.execute_async(WAIT_READY, vec![]).await?;
+    let ready = client.execute_async(WAIT_PLAYER, vec![]).await?;
     if let Some(err) = ready.get("error") {
         anyhow::bail!("the player did not start: {err} ({ready})");
     }

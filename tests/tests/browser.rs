@@ -14,7 +14,7 @@ use fantoccini::Client;
 use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use playpod_tests::browser::{Chromedriver, new_session, require_browser};
+use playpod_tests::browser::{Chromedriver, WAIT_PLAYER, new_session, require_browser};
 use playpod_tests::{Served, g2g};
 use serde_json::{Value, json};
 
@@ -325,22 +325,6 @@ async fn chromium_plays_the_demo() {
     })
     .await;
 }
-
-/// Waits in the page until the input channel is connected and frames are drawn.
-const WAIT_PLAYER: &str = r"
-const done = arguments[arguments.length - 1];
-const t0 = performance.now();
-(function wait() {
-  const input = window.playpodInput, s = window.playpodStats;
-  if (input && input.connected && s && s.framesDrawn > 10) {
-    done({ input, stats: s });
-  } else if (performance.now() - t0 > 30000) {
-    done({ error: 'no connected input channel and drawn frames within 30 s', input: input || null, stats: s || null });
-  } else {
-    setTimeout(wait, 20);
-  }
-})();
-";
 
 /// Records, for every frame the page draws, the right (cyan) paddle's centre row, read from the
 /// canvas pixels of a column through the paddle, with the count of frames decoded so far; and
