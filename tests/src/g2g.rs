@@ -185,11 +185,14 @@ pub fn key_latencies(frames: &[DecodedFrame], presses: &[f64], player: usize, bi
 }
 
 /// Opens the demo (started with `--stamp`) as player 1, then for `duration` presses the up
-/// arrow every 500 ms (held 150 ms) while the page reads the stamp of every decoded frame.
+/// arrow once every `press_every` (held 150 ms) while the page reads the stamp of every decoded
+/// frame. A press is only timed when the frames decoded by then show the key up, so on a loaded
+/// machine whose latency nears `press_every` fewer presses count: space them more there.
 pub async fn measure(
     client: &Client,
     served: &Served,
     duration: Duration,
+    press_every: Duration,
 ) -> anyhow::Result<Report> {
     client.goto(&format!("{}?player=1", served.url)).await?;
     let ready = client.execute_async(WAIT_PLAYER, vec![]).await?;
@@ -200,18 +203,18 @@ pub async fn measure(
     // A press counts from a decoded frame showing the key up: let some arrive first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    let cycles = (duration.as_millis() / 500).max(1);
+    let hold = Duration::from_millis(150);
+    let gap = press_every
+        .saturating_sub(hold)
+        .max(Duration::from_millis(50));
+    let cycles = (duration.as_millis() / (hold + gap).as_millis()).max(1);
     let mut keys = KeyActions::new("keyboard".to_owned());
     for _ in 0..cycles {
         keys = keys
             .then(KeyAction::Down { value: '\u{e013}' })
-            .then(KeyAction::Pause {
-                duration: Duration::from_millis(150),
-            })
+            .then(KeyAction::Pause { duration: hold })
             .then(KeyAction::Up { value: '\u{e013}' })
-            .then(KeyAction::Pause {
-                duration: Duration::from_millis(350),
-            });
+            .then(KeyAction::Pause { duration: gap });
     }
     client.perform_actions(keys).await?;
     // Frames showing the last release are still on their way.

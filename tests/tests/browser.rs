@@ -662,9 +662,17 @@ async fn chromium_decodes_and_plays_the_demo_audio() {
 /// Glass to glass for a few seconds (`glass-to-glass` measures a minute): the stamp the game
 /// draws is read back from every decoded frame in the page.
 async fn check_glass_to_glass(client: &Client, served: &Served) {
-    let report = g2g::measure(client, served, Duration::from_secs(6))
-        .await
-        .expect("measure glass to glass");
+    // A press a second (`glass-to-glass` presses twice a second): with the other browser tests
+    // on CI's two cores the latency can reach half a second, and a press is only timed from a
+    // frame showing the key up.
+    let report = g2g::measure(
+        client,
+        served,
+        Duration::from_secs(6),
+        Duration::from_millis(1000),
+    )
+    .await
+    .expect("measure glass to glass");
     let json = report.to_json();
     eprintln!("glass to glass: {json}");
     let decoded = report.frames.len();
@@ -684,14 +692,14 @@ async fn check_glass_to_glass(client: &Client, served: &Served) {
         draw.min > 0.0 && draw.p50 < 1000.0,
         "draw -> decoded latencies out of range: {json}"
     );
-    // Twelve presses of the up arrow; each shows in the stamp of a later decoded frame.
+    // Six presses of the up arrow; each shows in the stamp of a later decoded frame.
     assert!(
-        report.presses >= 10,
+        report.presses >= 5,
         "the page saw {} presses: {json}",
         report.presses
     );
     assert!(
-        report.key_latencies_ms.len() + 2 >= report.presses,
+        report.key_latencies_ms.len() + 1 >= report.presses,
         "key presses not seen in the stamp: {json}"
     );
     let keys = report.key_to_visible().expect("key latencies");

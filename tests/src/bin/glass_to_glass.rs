@@ -64,7 +64,13 @@ fn main() -> anyhow::Result<()> {
         let served = Served::start(&demo);
         let driver = Chromedriver::start();
         let client = new_session(&driver, profile.path()).await;
-        let result = g2g::measure(&client, &served, Duration::from_secs(args.seconds)).await;
+        let result = g2g::measure(
+            &client,
+            &served,
+            Duration::from_secs(args.seconds),
+            Duration::from_millis(500),
+        )
+        .await;
         let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
         drop(driver);
         drop(served);
