@@ -5,19 +5,24 @@ use playpod::cli::{Cli, Command, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     let result = match cli.command {
         Command::Game(args) => playpod::game::run(&args),
         Command::Control(args) => runtime().and_then(|rt| rt.block_on(playpod::control::run(args))),
         Command::Demo(args) => {
-            runtime().and_then(|rt| rt.block_on(playpod::demo::run(args, cli.log_format)))
+            runtime().and_then(|rt| rt.block_on(playpod::demo::run(args, log_format)))
         }
         Command::Pod(args) => runtime().and_then(|rt| rt.block_on(playpod::pod::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("playpod: error: {err:#}");
+            match log_format {
+                LogFormat::Text => eprintln!("playpod: error: {err:#}"),
+                // A log shipper gets the end of the command as one more JSON line.
+                LogFormat::Json => tracing::error!(error = format!("{err:#}"), "playpod: error"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,7 +1,6 @@
 //! JSON logs (`--log-format json`, or `PLAYPOD_LOG_FORMAT=json`): every line a command writes on
 //! stderr is one JSON object as tracing-subscriber's JSON formatter makes it (`timestamp`,
-//! `level`, `fields.message`, `target`), bar the one `playpod: error: ...` line `main` prints
-//! when a command fails.
+//! `level`, `fields.message`, `target`); the error that ends a failing command is one too.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -57,18 +56,27 @@ fn a_failing_command_logs_json_lines_then_its_error() {
     assert!(!out.status.success(), "pod on {display} succeeded");
     let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
     let lines: Vec<&str> = stderr.lines().collect();
-    let (last, logs) = lines.split_last().expect("something on stderr");
-    // `main` prints the error that ends a command as plain text, last.
-    assert!(
-        last.starts_with("playpod: error: ") && last.contains(&display),
-        "last line: {last:?}"
+    assert!(!lines.is_empty(), "nothing on stderr");
+    let messages: Vec<String> = lines.iter().map(|line| check_log_line(line)).collect();
+    // The error that ends the command is the last JSON line, at level ERROR, with the reason.
+    let last: Value = serde_json::from_str(lines[lines.len() - 1]).expect("JSON");
+    assert_eq!(last["level"], "ERROR", "last line: {last}");
+    assert_eq!(
+        last["fields"]["message"], "playpod: error",
+        "last line: {last}"
     );
-    assert!(!logs.is_empty(), "no log line before the error:\n{stderr}");
-    for line in logs {
-        check_log_line(line);
-    }
+    let reason = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&display),
+        "the error does not name {display}: {last}"
+    );
+    assert!(
+        messages.len() > 1,
+        "no log line before the error:\n{stderr}"
+    );
+    let logs = &lines[..lines.len() - 1];
     println!(
-        "pod on {display}: {} JSON log lines, then {last:?}",
+        "pod on {display}: {} JSON log lines, then {last}",
         logs.len()
     );
 }
