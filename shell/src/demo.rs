@@ -213,6 +213,41 @@ async fn start_pulse(home: &PulseHome) -> Option<PulseDaemon> {
     }
 }
 
+/// Keeps the demo's sound server running: when it dies, starts it again in the same home (the
+/// capture and the game reconnect by themselves), waiting 1 s, then longer after each failed
+/// start, up to 30 s. Never returns; with no server to watch (none could start) it waits forever.
+async fn keep_pulse_running(pulse: &mut Option<PulseDaemon>, home: Option<&PulseHome>) -> ! {
+    let (Some(home), Some(program), true) = (home, find_program("pulseaudio"), pulse.is_some())
+    else {
+        // It never started: nothing to keep.
+        loop {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut delay = PULSE_RESTART_DELAY;
+    loop {
+        if let Some(daemon) = pulse.as_mut() {
+            let how = daemon.exited().await;
+            tracing::warn!("{how}; starting it again in {delay:?}");
+            *pulse = None;
+        }
+        tokio::time::sleep(delay).await;
+        match PulseDaemon::start(&program, home).await {
+            Ok(daemon) => {
+                *pulse = Some(daemon);
+                delay = PULSE_RESTART_DELAY;
+            }
+            Err(err) => {
+                delay = (delay * 2).min(Duration::from_secs(30));
+                tracing::warn!("{err:#}; trying again in {delay:?}");
+            }
+        }
+    }
+}
+
+/// The wait before the first restart of a sound server that died.
+const PULSE_RESTART_DELAY: Duration = Duration::from_secs(1);
+
 fn game_command(
     args: &DemoArgs,
     log_format: LogFormat,
@@ -331,7 +366,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     } else {
         Some(PulseHome::new()?)
     };
-    let pulse = match &pulse_home {
+    let mut pulse = match &pulse_home {
         Some(home) => start_pulse(home).await,
         None => None,
     };
@@ -366,6 +401,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
                         tracing::error!("{msg}");
                         died = Some(msg);
                     }
+                    never = keep_pulse_running(&mut pulse, pulse_home.as_ref()) => match never {},
                 }
             };
             session::serve(session, listener, tls, shutdown).await

@@ -208,6 +208,25 @@ impl Served {
         format!("http://{host}")
     }
 
+    /// `GET PATH` over plain HTTP/1.1: the whole response, status line and headers included.
+    pub fn get(&self, path: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let origin = self.origin();
+        let host = origin.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect to playpod");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set a read timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read the response");
+        text
+    }
+
     /// Sends SIGTERM and waits (up to 15 s) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         playpod_ffi::terminate(self.child.id()).expect("signal playpod");

@@ -388,3 +388,59 @@ fn demo_on_a_taken_display_says_so() {
     );
     xvfb.stop();
 }
+
+/// The demo's PulseAudio killed: the demo starts another in the same place, and the capture
+/// reconnects to it (audio back to "ok", one more reconnection counted).
+#[test]
+fn demo_restarts_a_sound_server_that_dies() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let served = Served::start(&["demo"]);
+    let demo_pid = served.child.id();
+    let pulse = || {
+        Proc::all()
+            .into_iter()
+            .find(|p| p.ppid == demo_pid && p.program() == "pulseaudio" && p.state != 'Z')
+    };
+    let audio_ok = || served.get("/readyz").contains(r#""audio":"ok""#);
+    let reconnected = || {
+        served.get("/metrics").lines().any(|l| {
+            l.strip_prefix("playpod_audio_reconnects_total ")
+                .is_some_and(|n| n.trim() != "0")
+        })
+    };
+    assert!(
+        eventually(audio_ok),
+        "audio never ok: {}",
+        served.get("/readyz")
+    );
+    assert!(!reconnected(), "a reconnection before the kill");
+    let first = pulse().expect("a pulseaudio child of the demo");
+    let killed = Instant::now();
+    let status = Command::new("kill")
+        .args(["-KILL", &first.pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {}", first.pid);
+    assert!(
+        eventually(|| pulse().is_some_and(|p| p.pid != first.pid)),
+        "no new pulseaudio within {GRACE:?} of killing the first"
+    );
+    let second = pulse().expect("the new pulseaudio");
+    // The restart waits 1 s, the capture retries with a backoff of up to 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(audio_ok() && reconnected()) {
+        assert!(
+            Instant::now() < deadline,
+            "the audio did not come back within 20 s: {}",
+            served.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "pulseaudio {} killed, {} started; audio ok again {:.1} s after the kill",
+        first.pid,
+        second.pid,
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!first.running() && second.running());
+}

@@ -308,20 +308,6 @@ fn nvenc_encodes_idr_on_demand_when_present() {
     println!("NVENC 768x768 H.264: {ms:.2} ms/frame");
 }
 
-fn get(origin: &str, path: &str) -> String {
-    use std::io::Read as _;
-    let host = origin.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(host).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[test]
 fn the_chosen_video_path_and_its_reason_are_reported() {
     let xvfb = playpod_tests::Xvfb::start(320, 240);
@@ -339,7 +325,7 @@ fn the_chosen_video_path_and_its_reason_are_reported() {
         "--encoder",
         "auto",
     ]);
-    let ready = get(&served.origin(), "/readyz");
+    let ready = served.get("/readyz");
     let body = ready.split("\r\n\r\n").nth(1).unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(body.trim()).expect("readyz JSON");
     let reason = json["encoderReason"]
@@ -357,7 +343,7 @@ fn the_chosen_video_path_and_its_reason_are_reported() {
             assert!(reason.contains(gpu.name()), "{json}");
         }
     }
-    let metrics = get(&served.origin(), "/metrics");
+    let metrics = served.get("/metrics");
     assert!(
         metrics.contains(&format!(
             "conversion=\"{}\"",

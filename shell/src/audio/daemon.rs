@@ -73,7 +73,8 @@ impl PulseDaemon {
         std::fs::write(&config, config_script(&socket))
             .context("cannot write the PulseAudio configuration")?;
         let runtime = dir.path().join("runtime");
-        std::fs::create_dir(&runtime).context("cannot make PulseAudio's runtime directory")?;
+        // Kept from a server that died: a restart reuses the home.
+        std::fs::create_dir_all(&runtime).context("cannot make PulseAudio's runtime directory")?;
         let log_path = dir.path().join("pulseaudio.log");
         let log = std::fs::File::create(&log_path).context("cannot make PulseAudio's log file")?;
         let mut cmd = std::process::Command::new(program);
@@ -136,6 +137,14 @@ impl PulseDaemon {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.contains("W: ")).collect();
         lines[lines.len().saturating_sub(4)..].join(" | ")
+    }
+
+    /// Waits until the server exits, and says how, with the last lines it logged.
+    pub async fn exited(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(status) => format!("PulseAudio exited ({status}): {}", self.log_tail()),
+            Err(err) => format!("cannot wait for PulseAudio: {err}"),
+        }
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
