@@ -170,6 +170,22 @@
     stats.decodeQueue = decoder ? decoder.decodeQueueSize : 0;
     const sorted = [...latencies].sort((a, b) => a - b);
     stats.latencyMs = sorted.length ? Math.round(sorted[Math.floor(sorted.length / 2)] * 10) / 10 : null;
+    renderOverlay();
+  }, 500);
+
+  // The overlay: click it to fold it to one word and back; `?overlay=0` starts folded. The
+  // choice is remembered in this browser.
+  const OVERLAY = 'playpod.overlay';
+  const storedOverlay = (() => { try { return localStorage.getItem(OVERLAY); } catch { return null; } })();
+  let overlayOn = (new URLSearchParams(location.search).get('overlay') ?? storedOverlay ?? '1') !== '0';
+  statsEl.title = 'click to hide or show the figures';
+  statsEl.addEventListener('click', () => {
+    overlayOn = !overlayOn;
+    try { localStorage.setItem(OVERLAY, overlayOn ? '1' : '0'); } catch { /* private mode */ }
+    renderOverlay();
+  });
+  function renderOverlay() {
+    if (!overlayOn) { statsEl.textContent = 'stats'; return; }
     statsEl.textContent =
       `${stats.connected ? stats.width + 'x' + stats.height + ' ' + stats.codec : 'connecting…'}\n` +
       `${stats.fps} fps  ${stats.kbps} kbit/s\n` +
@@ -177,7 +193,7 @@
       `${stats.clockRttMs === null ? '' : ` (clock ±${(stats.clockRttMs / 2).toFixed(1)} ms)`}\n` +
       `queue ${stats.decodeQueue}  ` +
       `dropped ${stats.droppedFrames}  errors ${stats.decodeErrors}`;
-  }, 500);
+  }
 
   showMessage('Connecting…');
   connect();

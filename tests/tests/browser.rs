@@ -316,6 +316,21 @@ async fn check_overlay(client: &Client) {
         rtt >= 0.0 && offset.abs() <= rtt / 2.0 + 2.0,
         "same machine, yet the clock offset is {offset} ms (round trip {rtt} ms): {seen}"
     );
+    // A click folds the overlay to one word, another brings the figures back.
+    let overlay = client
+        .find(fantoccini::Locator::Id("stats"))
+        .await
+        .expect("the overlay");
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        overlay.click().await.expect("click the overlay");
+        texts.push(overlay.text().await.expect("overlay text"));
+    }
+    assert_eq!(texts[0], "stats", "folded overlay: {texts:?}");
+    assert!(
+        texts[1].contains(" fps") && texts[1].contains("dropped "),
+        "unfolded overlay: {texts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
