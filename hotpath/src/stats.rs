@@ -95,7 +95,6 @@ pub struct PipelineStats {
     pub frames_dropped_late: AtomicU64,
     /// Access units too large for a ring slot.
     pub frames_dropped_oversize: AtomicU64,
-    pub capture_errors: AtomicU64,
     pub keyframes: AtomicU64,
     pub keyframe_requests: AtomicU64,
     pub bytes_encoded: AtomicU64,
@@ -117,7 +116,6 @@ impl Default for PipelineStats {
             frames_published: AtomicU64::new(0),
             frames_dropped_late: AtomicU64::new(0),
             frames_dropped_oversize: AtomicU64::new(0),
-            capture_errors: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             bytes_encoded: AtomicU64::new(0),
