@@ -383,12 +383,26 @@ pub async fn stream_video<S, R>(
 }
 
 async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: Message, health: &Health) -> bool {
+    send_or_drop(sink, msg, "a viewer", Some(&health.viewers_dropped_slow)).await
+}
+
+/// Sends one media message, giving the peer [`SEND_TIMEOUT`] to take it. `false` when the
+/// socket is gone, or when the peer (`who`, for the log) took nothing for that long: then it is
+/// dropped and counted in `dropped_slow`.
+pub(crate) async fn send_or_drop<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    msg: Message,
+    who: &str,
+    dropped_slow: Option<&AtomicU64>,
+) -> bool {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            health.viewers_dropped_slow.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("dropping a viewer that took no data for {SEND_TIMEOUT:?}");
+            if let Some(count) = dropped_slow {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!("dropping {who} that took no data for {SEND_TIMEOUT:?}");
             false
         }
     }

@@ -11,8 +11,8 @@ pub struct Keymap {
     pub keysyms: [u32; 8],
 }
 
-/// X keysyms (X11/keysymdef.h).
-mod sym {
+/// X keysyms used by the default keymaps (X11/keysymdef.h).
+pub mod keysym {
     pub const RETURN: u32 = 0xff0d;
     pub const TAB: u32 = 0xff09;
     pub const LEFT: u32 = 0xff51;
@@ -31,18 +31,18 @@ impl Keymap {
             b'd' as u32,
             b'f' as u32,
             b'g' as u32,
-            sym::RETURN,
-            sym::TAB,
+            keysym::RETURN,
+            keysym::TAB,
         ],
     };
 
     /// Player 2's default keys: the arrows move, K L are A B, P is start, O is select.
     pub const PLAYER_2: Keymap = Keymap {
         keysyms: [
-            sym::UP,
-            sym::DOWN,
-            sym::LEFT,
-            sym::RIGHT,
+            keysym::UP,
+            keysym::DOWN,
+            keysym::LEFT,
+            keysym::RIGHT,
             b'k' as u32,
             b'l' as u32,
             b'p' as u32,

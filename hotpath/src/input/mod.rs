@@ -17,7 +17,7 @@ mod parse;
 mod player;
 
 pub use inject::{InjectError, KeySink, XtestInjector};
-pub use keymap::{Keymap, KeymapError, keysym_from_name};
+pub use keymap::{Keymap, KeymapError, keysym, keysym_from_name};
 pub use parse::{ErrorReply, InputError, KeyName, parse};
 pub use player::{HandleError, PlayerInput};
 

@@ -17,12 +17,10 @@ use playpod_hotpath::audio::{AudioState, CHANNELS, SAMPLE_RATE};
 use playpod_hotpath::ring::{FrameMeta, ReadOutcome, RingReader};
 
 use super::AudioFeed;
-use crate::server::{AppState, MEDIA_HEADER_LEN, not_found};
+use crate::server::{AppState, MEDIA_HEADER_LEN, not_found, send_or_drop, write_media_header};
 
 /// Media message kind of an audio packet.
 pub const KIND_AUDIO: u8 = 2;
-/// A listener whose socket does not take a message for this long is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a listener's task looks at the audio state while no packet comes.
 const STATE_POLL: Duration = Duration::from_millis(250);
 
@@ -44,11 +42,12 @@ pub fn state_message(state: AudioState) -> String {
 /// Writes the 16-byte header of an audio packet: kind 2, flags 0, reserved 0, u32 sequence,
 /// u64 capture time (µs since the Unix epoch), little-endian.
 pub fn write_audio_header(buf: &mut [u8], meta: &FrameMeta) {
-    buf[0] = KIND_AUDIO;
-    buf[1] = 0;
-    buf[2..4].copy_from_slice(&0u16.to_le_bytes());
-    buf[4..8].copy_from_slice(&(meta.seq as u32).to_le_bytes());
-    buf[8..16].copy_from_slice(&meta.capture_us.to_le_bytes());
+    // Every Opus packet stands alone: no keyframe flag.
+    let meta = FrameMeta {
+        keyframe: false,
+        ..*meta
+    };
+    write_media_header(buf, KIND_AUDIO, &meta);
 }
 
 /// The route handler.
@@ -86,14 +85,7 @@ pub async fn audio(
 }
 
 async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: Message) -> bool {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            tracing::info!("dropping an audio listener that took no data for {SEND_TIMEOUT:?}");
-            false
-        }
-    }
+    send_or_drop(sink, msg, "an audio listener", None).await
 }
 
 /// Serves one listener: the config, the current state, then every packet from its ring

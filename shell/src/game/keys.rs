@@ -5,47 +5,24 @@
 //! order is the one of the input WebSocket's binary message (DESIGN.md): bit 0 up, 1 down,
 //! 2 left, 3 right, 4 a, 5 b, 6 start, 7 select.
 
-pub use playpod_hotpath::input::{Key, PlayerKeys};
-
-/// X keysyms used below (from X11/keysymdef.h).
-pub mod keysym {
-    pub const RETURN: u32 = 0xff0d;
-    pub const TAB: u32 = 0xff09;
-    pub const LEFT: u32 = 0xff51;
-    pub const UP: u32 = 0xff52;
-    pub const RIGHT: u32 = 0xff53;
-    pub const DOWN: u32 = 0xff54;
-
-    /// The keysym of a lowercase ASCII letter (Latin-1 keysyms equal their code point).
-    pub const fn letter(c: char) -> u32 {
-        c as u32
-    }
-}
+use playpod_hotpath::input::Keymap;
+pub use playpod_hotpath::input::{Key, PlayerKeys, keysym};
 
 /// The default keys of player 1 (index 0) and player 2 (index 1), as `(key, X keysym)` in
-/// [`Key::ALL`] order. The input injection uses exactly these keysyms.
-pub const DEFAULT_KEYMAP: [[(Key, u32); 8]; 2] = [
-    [
-        (Key::Up, keysym::letter('w')),
-        (Key::Down, keysym::letter('s')),
-        (Key::Left, keysym::letter('a')),
-        (Key::Right, keysym::letter('d')),
-        (Key::A, keysym::letter('f')),
-        (Key::B, keysym::letter('g')),
-        (Key::Start, keysym::RETURN),
-        (Key::Select, keysym::TAB),
-    ],
-    [
-        (Key::Up, keysym::UP),
-        (Key::Down, keysym::DOWN),
-        (Key::Left, keysym::LEFT),
-        (Key::Right, keysym::RIGHT),
-        (Key::A, keysym::letter('k')),
-        (Key::B, keysym::letter('l')),
-        (Key::Start, keysym::letter('p')),
-        (Key::Select, keysym::letter('o')),
-    ],
-];
+/// [`Key::ALL`] order: the keymaps the input injection presses by default
+/// ([`Keymap::PLAYER_1`], [`Keymap::PLAYER_2`]).
+pub const DEFAULT_KEYMAP: [[(Key, u32); 8]; 2] = [pairs(Keymap::PLAYER_1), pairs(Keymap::PLAYER_2)];
+
+/// A keymap as `(key, keysym)` pairs.
+const fn pairs(keymap: Keymap) -> [(Key, u32); 8] {
+    let mut out = [(Key::Up, 0); 8];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (Key::ALL[i], keymap.keysyms[i]);
+        i += 1;
+    }
+    out
+}
 
 /// The default keysym of `key` for `player` (0 or 1).
 pub const fn default_keysym(player: usize, key: Key) -> u32 {
