@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use playpod::audio::daemon::{MONITOR, PulseDaemon, PulseHome};
+use playpod_benches::probe::arg;
 use playpod_hotpath::audio::{
     AudioConfig, AudioPipeline, FRAME_BYTES, FRAME_SAMPLES, FRAME_VALUES, PulseConnector,
     PulsePlayer, SAMPLE_RATE,
@@ -16,17 +17,6 @@ use playpod_hotpath::audio::{
 use playpod_hotpath::pipeline::unix_micros;
 use playpod_hotpath::ring::ReadOutcome;
 use playpod_hotpath::stats::percentile;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-}
 
 fn click() -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_BYTES);

@@ -7,43 +7,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use playpod_benches::probe::{self, GameScreen, Kill, arg};
 use tokio_tungstenite::tungstenite::{self, Message};
-
-/// A child stopped on drop: SIGTERM first (so Xvfb removes its lock file and socket), then
-/// SIGKILL if it has not exited within 3 s.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-}
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect to the pod");
@@ -69,40 +37,11 @@ const TOKEN: &str = "inputprobeinputprobeinputprobe00";
 fn main() {
     let messages = arg("--messages", 5000);
     let pace_us = arg("--pace-us", 1000);
-    let fbdir = std::env::temp_dir().join(format!("playpod-input-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&fbdir).expect("fb dir");
-    let display = (300..400)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-        .expect("a free display");
-    let _xvfb = Kill(
-        Command::new("Xvfb")
-            .arg(format!(":{display}"))
-            .args(["-screen", "0", "768x768x24", "-nolisten", "tcp", "-fbdir"])
-            .arg(&fbdir)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb (apt-get install xvfb)"),
-    );
-    let fb = fbdir.join("Xvfb_screen0");
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
-    let t0 = Instant::now();
-    while !(fb.exists() && socket.exists()) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "Xvfb did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let name = format!(":{display}");
-    let playpod = std::env::current_exe().unwrap().with_file_name("playpod");
-    let _game = Kill(
-        Command::new(&playpod)
-            .args(["game", "--display", &name, "--scene", "pong"])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("playpod game (cargo build -p playpod first, same profile)"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let mut pod = Command::new(&playpod)
-        .args(["pod", "--display", &name, "--framebuffer"])
-        .arg(&fb)
+    let screen = GameScreen::start("pong");
+    let (name, fb) = (&screen.display, &screen.framebuffer);
+    let mut pod = Command::new(probe::playpod())
+        .args(["pod", "--display", name, "--framebuffer"])
+        .arg(fb)
         .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
         .args(["--input-rate", "1000000"])
         .env("RUST_LOG", "warn")
@@ -183,6 +122,5 @@ fn main() {
         p50 * 1e6,
         p99 * 1e6
     );
-    let _ = std::fs::remove_dir_all(&fbdir);
     assert_eq!(count, expected, "every message was played");
 }

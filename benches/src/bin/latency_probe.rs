@@ -3,37 +3,15 @@
 //!
 //! `cargo build --release -p playpod -p playpod-benches && target/release/latency-probe --seconds 20`
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use playpod_benches::probe::{GameScreen, arg};
 use playpod_hotpath::capture::FramebufferFile;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig};
 use playpod_hotpath::ring::ReadOutcome;
 use playpod_hotpath::stats::percentile;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-}
 
 /// User + system CPU seconds of this process so far.
 fn cpu_seconds() -> f64 {
@@ -53,42 +31,8 @@ fn main() {
     let seconds = arg("--seconds", 20);
     let bitrate = arg("--bitrate-kbps", 2500) as u32 * 1000;
     let (w, h) = (768u32, 768u32);
-    let fbdir = std::env::temp_dir().join(format!("playpod-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&fbdir).expect("fb dir");
-    let display = (300..400)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-        .expect("a free display");
-    let _xvfb = Kill(
-        Command::new("Xvfb")
-            .arg(format!(":{display}"))
-            .args(["-screen", "0", "768x768x24", "-nolisten", "tcp", "-fbdir"])
-            .arg(&fbdir)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb (apt-get install xvfb)"),
-    );
-    let fb = fbdir.join("Xvfb_screen0");
-    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
-    let t0 = Instant::now();
-    while !(fb.exists() && socket.exists()) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "Xvfb did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let playpod = std::env::current_exe().unwrap().with_file_name("playpod");
-    let _game = Kill(
-        Command::new(&playpod)
-            .args([
-                "game",
-                "--display",
-                &format!(":{display}"),
-                "--scene",
-                "plasma",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("playpod game (cargo build -p playpod first)"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let screen = GameScreen::start("plasma");
+    let fb = &screen.framebuffer;
 
     let settings = EncoderSettings {
         width: w,
@@ -97,7 +41,7 @@ fn main() {
         bitrate_bps: bitrate,
     };
     let (stage, ring, stats) = FrameStage::with_ring(
-        Box::new(FramebufferFile::open(&fb, w, h).expect("framebuffer")),
+        Box::new(FramebufferFile::open(fb, w, h).expect("framebuffer")),
         Box::new(Openh264Encoder::new(settings).expect("encoder")),
         settings,
     );
@@ -161,5 +105,4 @@ fn main() {
         "convert_us_mean": conv.sum_us() as f64 / conv.count().max(1) as f64,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let _ = std::fs::remove_dir_all(&fbdir);
 }
