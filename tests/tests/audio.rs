@@ -5,13 +5,14 @@
 //! quickly; killing PulseAudio leaves the video flowing and restarting it brings the sound back;
 //! and the per-frame work (PCM ring -> Opus -> broadcast ring) allocates nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use playpod::audio::daemon::PulseHome;
 use playpod_ffi::{CountingAllocator, count_allocations};
 use playpod_hotpath::audio::pipeline::plausible_latency;
 use playpod_hotpath::audio::{
@@ -32,7 +33,7 @@ const TOKEN: &str = "00112233445566778899aabbccddeeff";
 /// directory of its own; killed on drop. It can be killed and started again on the same socket.
 struct TestPulse {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    home: PulseHome,
 }
 
 impl TestPulse {
@@ -41,50 +42,26 @@ impl TestPulse {
             have("pulseaudio"),
             "pulseaudio is not installed (apt-get install pulseaudio)"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("playpod-test-pulse-")
-            .tempdir()
-            .expect("temp dir");
-        let mut pulse = Self { child: None, dir };
+        let home = PulseHome::new().expect("a home for PulseAudio");
+        let mut pulse = Self { child: None, home };
         pulse.restart();
         pulse
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("native")
+        self.home.socket()
     }
 
     fn server(&self) -> String {
-        format!("unix:{}", self.socket().display())
+        self.home.server()
     }
 
     /// Starts the server (again) and waits until its socket accepts connections.
     fn restart(&mut self) {
-        let dir = self.dir.path();
-        let config = dir.join("test.pa");
-        std::fs::write(
-            &config,
-            playpod::audio::daemon::config_script(&self.socket()),
-        )
-        .unwrap();
-        let runtime = dir.join("runtime");
-        std::fs::create_dir_all(&runtime).unwrap();
-        let child = Command::new("pulseaudio")
-            .arg("-n")
-            .arg("-F")
-            .arg(&config)
-            .args([
-                "--daemonize=no",
-                "--exit-idle-time=-1",
-                "--use-pid-file=no",
-                "--disallow-exit",
-            ])
-            .env("HOME", dir)
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("PULSE_RUNTIME_PATH", &runtime)
-            .env("PULSE_STATE_PATH", dir.join("state"))
-            .env_remove("PULSE_SERVER")
+        let child = self
+            .home
+            .command(Path::new("pulseaudio"))
+            .expect("the PulseAudio command")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

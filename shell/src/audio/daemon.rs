@@ -54,6 +54,37 @@ impl PulseHome {
     pub fn server(&self) -> String {
         format!("unix:{}", self.socket().display())
     }
+
+    /// The command that runs `program` (pulseaudio) in the foreground in this home, its
+    /// configuration written: the null sink `game` as the default sink, the socket
+    /// [`PulseHome::socket`], nothing read from the user's own configuration.
+    pub fn command(&self, program: &Path) -> anyhow::Result<std::process::Command> {
+        let dir = self.dir.path();
+        let config = dir.join("playpod.pa");
+        std::fs::write(&config, config_script(&self.socket()))
+            .context("cannot write the PulseAudio configuration")?;
+        let runtime = dir.join("runtime");
+        // Kept from a server that died: a restart reuses the home.
+        std::fs::create_dir_all(&runtime).context("cannot make PulseAudio's runtime directory")?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg("-n")
+            .arg("-F")
+            .arg(&config)
+            .args([
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--use-pid-file=no",
+                "--disallow-exit",
+            ])
+            .env("HOME", dir)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("PULSE_RUNTIME_PATH", &runtime)
+            .env("PULSE_STATE_PATH", dir.join("state"))
+            .env_remove("PULSE_SERVER")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        Ok(cmd)
+    }
 }
 
 /// The running server.
@@ -67,34 +98,11 @@ pub struct PulseDaemon {
 impl PulseDaemon {
     /// Starts `pulseaudio` in `home` and waits until its socket accepts connections.
     pub async fn start(program: &Path, home: &PulseHome) -> anyhow::Result<Self> {
-        let dir = &home.dir;
         let socket = home.socket();
-        let config = dir.path().join("playpod.pa");
-        std::fs::write(&config, config_script(&socket))
-            .context("cannot write the PulseAudio configuration")?;
-        let runtime = dir.path().join("runtime");
-        // Kept from a server that died: a restart reuses the home.
-        std::fs::create_dir_all(&runtime).context("cannot make PulseAudio's runtime directory")?;
-        let log_path = dir.path().join("pulseaudio.log");
+        let log_path = home.dir.path().join("pulseaudio.log");
         let log = std::fs::File::create(&log_path).context("cannot make PulseAudio's log file")?;
-        let mut cmd = std::process::Command::new(program);
-        cmd.arg("-n")
-            .arg("-F")
-            .arg(&config)
-            .args([
-                "--daemonize=no",
-                "--exit-idle-time=-1",
-                "--use-pid-file=no",
-                "--disallow-exit",
-                "--log-target=stderr",
-            ])
-            .env("HOME", dir.path())
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .env("PULSE_RUNTIME_PATH", &runtime)
-            .env("PULSE_STATE_PATH", dir.path().join("state"))
-            .env_remove("PULSE_SERVER")
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        let mut cmd = home.command(program)?;
+        cmd.arg("--log-target=stderr")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
