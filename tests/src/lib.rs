@@ -245,10 +245,16 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// SIGTERM, then SIGKILL only if it has not exited within 10 s: a demo stopped right after
+    /// its start can take a couple of seconds (its sound server's first samples), and killing it
+    /// outright would leave its framebuffer directory behind.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = playpod_ffi::terminate(self.child.id());
-            std::thread::sleep(Duration::from_millis(500));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -21,13 +21,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures_util::StreamExt;
+use playpod::server::{KIND_VIDEO, MEDIA_HEADER_LEN};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Bytes of the binary media header in front of each access unit.
-const HEADER: usize = 16;
-/// The header's kind byte for video.
-const KIND_VIDEO: u8 = 1;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,7 +76,7 @@ impl Tally {
     /// Counts one binary message; returns its access unit and whether it is a keyframe, or
     /// `None` when the message is no video message.
     fn binary<'a>(&mut self, message: &'a [u8]) -> Option<(&'a [u8], bool)> {
-        if message.len() < HEADER || message[0] != KIND_VIDEO {
+        if message.len() < MEDIA_HEADER_LEN || message[0] != KIND_VIDEO {
             self.malformed += 1;
             return None;
         }
@@ -98,7 +94,7 @@ impl Tally {
         self.frames += 1;
         self.bytes += message.len() as u64;
         self.keyframes += u64::from(keyframe);
-        Some((&message[HEADER..], keyframe))
+        Some((&message[MEDIA_HEADER_LEN..], keyframe))
     }
 }
 
