@@ -126,18 +126,31 @@ impl Xvfb {
 impl Drop for Xvfb {
     fn drop(&mut self) {
         // SIGTERM first, so Xvfb removes its lock file and socket; SIGKILL if it lingers.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = playpod_ffi::terminate(self.child.id());
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        stop_gently(&mut self.child, Duration::from_secs(3));
+    }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within `grace`; reaps it either way.
+fn stop_gently(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        let _ = playpod_ffi::terminate(child.id());
+        if exited_within(child, grace).is_none() {
+            let _ = child.kill();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+    let _ = child.wait();
+}
+
+/// `child`'s exit status once it has exited; `None` if it still runs after `limit` (or cannot
+/// be waited for).
+fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return None,
+        }
     }
 }
 
@@ -230,17 +243,8 @@ impl Served {
     /// Sends SIGTERM and waits (up to 15 s) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         playpod_ffi::terminate(self.child.id()).expect("signal playpod");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait playpod") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "playpod did not exit within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        exited_within(&mut self.child, Duration::from_secs(15))
+            .expect("playpod did not exit within 15 s of SIGTERM")
     }
 }
 
@@ -249,15 +253,7 @@ impl Drop for Served {
     /// its start can take a couple of seconds (its sound server's first samples), and killing it
     /// outright would leave its framebuffer directory behind.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = playpod_ffi::terminate(self.child.id());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop_gently(&mut self.child, Duration::from_secs(10));
     }
 }
 
