@@ -167,7 +167,7 @@ impl NvencEncoder {
     /// Opens a low-latency H.264 session on `gpu` (preset P1 to P4).
     pub fn new(
         nvenc: &Arc<Nvenc>,
-        gpu: &Gpu,
+        gpu: &Arc<Gpu>,
         settings: EncoderSettings,
         preset: u8,
     ) -> Result<Self, NvencError> {

@@ -75,7 +75,12 @@ pub struct StreamArgs {
     /// Target video bitrate in kbit/s.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub bitrate_kbps: u32,
-    /// Video encoder. `auto` picks the best one present (today: openh264).
+    /// Video encoder and where the colour conversion runs.
+    ///
+    /// `auto`: NVENC fed by the CUDA conversion on a GPU that has NVENC; openh264 fed by the
+    /// CUDA conversion on a GPU without NVENC (H100, H200); the SIMD CPU conversion and
+    /// openh264 with no GPU. `openh264`: the CPU path, GPU or not. `nvenc`: fail at start where
+    /// NVENC is missing. The choice and its reason are logged and shown on /readyz and /metrics.
     #[arg(long, value_enum, default_value_t = EncoderChoice::Auto)]
     pub encoder: EncoderChoice,
     /// Pin the frame thread to this CPU core (default: the last core, when there are several).

@@ -13,6 +13,9 @@
 //!   Registered resources and buffers keep their session alive, so no drop order can destroy
 //!   a session under them.
 
+#[cfg(test)]
+mod contract;
+
 #[allow(
     non_camel_case_types,
     non_snake_case,
@@ -27,7 +30,7 @@
 // (valid when all-zero: integers, pointers, newtype enums) and its bitfield accessors.
 pub mod sys;
 
-use std::ffi::{CStr, c_void};
+use std::ffi::{CStr, OsStr, c_void};
 use std::fmt;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -256,10 +259,15 @@ type CreateInstance =
 impl Nvenc {
     /// Loads the driver's NVENC library and checks its API version.
     pub fn load() -> Result<Arc<Nvenc>, NvencError> {
+        Self::load_from(OsStr::new(LIBRARY))
+    }
+
+    /// Loads NVENC from `library` (a name the dynamic loader looks up, or a path).
+    fn load_from(library: &OsStr) -> Result<Arc<Nvenc>, NvencError> {
         // SAFETY: loading the driver's own library runs its initialisers, which are made to be
         // run by any process that uses NVENC.
         let library =
-            unsafe { libloading::Library::new(LIBRARY) }.map_err(|_| NvencError::NoLibrary)?;
+            unsafe { libloading::Library::new(library) }.map_err(|_| NvencError::NoLibrary)?;
         let packed = {
             // SAFETY: the symbol has this signature in nvEncodeAPI.h.
             let get_max: libloading::Symbol<'_, GetMaxSupportedVersion> =
@@ -319,6 +327,31 @@ pub struct H264Settings {
 struct Session {
     nvenc: Arc<Nvenc>,
     handle: NonNull<c_void>,
+    /// What owns the session's CUDA context (the [`Gpu`]): dropped after the session.
+    _context: Arc<dyn Send + Sync>,
+}
+
+/// An NV12 picture in GPU memory, as NVENC sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Surface {
+    address: u64,
+    width: u32,
+    height: u32,
+    pitch: u32,
+}
+
+impl Surface {
+    fn of(picture: &DevicePicture) -> Result<Surface, NvencError> {
+        if picture.layout() != ChromaLayout::Nv12 {
+            return Err(NvencError::WrongInput);
+        }
+        Ok(Surface {
+            address: picture.device_address(),
+            width: picture.width(),
+            height: picture.height(),
+            pitch: u32::try_from(picture.pitch()).map_err(|_| NvencError::WrongInput)?,
+        })
+    }
 }
 
 impl Drop for Session {
@@ -374,14 +407,30 @@ unsafe impl Send for Session {}
 unsafe impl Sync for Session {}
 
 impl Encoder {
-    /// Opens a session on `gpu` and configures it for `settings`.
-    pub fn open(nvenc: &Arc<Nvenc>, gpu: &Gpu, settings: H264Settings) -> Result<Self, NvencError> {
+    /// Opens a session on `gpu` and configures it for `settings`. The session keeps `gpu`
+    /// (its CUDA context) alive.
+    pub fn open(
+        nvenc: &Arc<Nvenc>,
+        gpu: &Arc<Gpu>,
+        settings: H264Settings,
+    ) -> Result<Self, NvencError> {
+        let context = gpu.raw_context().cast::<c_void>();
+        Self::open_on(nvenc, context, gpu.clone(), settings)
+    }
+
+    /// Opens a session on the CUDA context `device`, which `owner` keeps alive.
+    fn open_on(
+        nvenc: &Arc<Nvenc>,
+        device: *mut c_void,
+        owner: Arc<dyn Send + Sync>,
+        settings: H264Settings,
+    ) -> Result<Self, NvencError> {
         let fns = &nvenc.functions;
         let open = function!(fns, nvEncOpenEncodeSessionEx)?;
         let mut params = sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS {
             version: NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER,
             deviceType: sys::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA,
-            device: gpu.raw_context().cast::<c_void>(),
+            device,
             apiVersion: sys::NVENCAPI_VERSION,
             ..Default::default()
         };
@@ -398,6 +447,7 @@ impl Encoder {
         let session = Arc::new(Session {
             nvenc: nvenc.clone(),
             handle,
+            _context: owner,
         });
         let encoder = Encoder {
             session,
@@ -525,33 +575,35 @@ impl Encoder {
         })
     }
 
-    /// Registers an NV12 device picture as an input, once.
+    /// Registers an NV12 device picture as an input, once. Drop the registration before the
+    /// picture.
     pub fn register(&self, picture: &DevicePicture) -> Result<Registered, NvencError> {
-        if picture.layout() != ChromaLayout::Nv12 {
-            return Err(NvencError::WrongInput);
-        }
+        self.register_surface(Surface::of(picture)?)
+    }
+
+    fn register_surface(&self, surface: Surface) -> Result<Registered, NvencError> {
         let register = function!(self.functions(), nvEncRegisterResource)?;
         let mut params = sys::NV_ENC_REGISTER_RESOURCE {
             version: NV_ENC_REGISTER_RESOURCE_VER,
             resourceType: sys::NV_ENC_INPUT_RESOURCE_TYPE::NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR,
-            width: picture.width(),
-            height: picture.height(),
-            pitch: picture.pitch() as u32,
-            resourceToRegister: picture.device_address() as *mut c_void,
+            width: surface.width,
+            height: surface.height,
+            pitch: surface.pitch,
+            resourceToRegister: surface.address as *mut c_void,
             bufferFormat: sys::NV_ENC_BUFFER_FORMAT::NV_ENC_BUFFER_FORMAT_NV12,
             bufferUsage: sys::NV_ENC_BUFFER_USAGE::NV_ENC_INPUT_IMAGE,
             ..Default::default()
         };
         // SAFETY: live session; the device address is a live allocation of
-        // `pitch * height * 3 / 2` bytes, which `Registered` keeps alive by borrowing nothing
-        // but requiring (by `encode`'s signature) the picture it was made from.
+        // `pitch * height * 3 / 2` bytes. `encode` only maps it with that same picture in
+        // hand (checked: address, size and pitch), so the driver never reads it once freed.
         check("nvEncRegisterResource", unsafe {
             register(self.handle(), &mut params)
         })?;
         Ok(Registered {
             session: self.session.clone(),
             resource: params.registeredResource,
-            device_address: picture.device_address(),
+            surface,
         })
     }
 
@@ -581,7 +633,17 @@ impl Encoder {
         output: &'b mut Bitstream,
         keyframe: bool,
     ) -> Result<Locked<'b>, NvencError> {
-        if input.device_address != picture.device_address()
+        self.encode_surface(Surface::of(picture)?, input, output, keyframe)
+    }
+
+    fn encode_surface<'b>(
+        &mut self,
+        surface: Surface,
+        input: &Registered,
+        output: &'b mut Bitstream,
+        keyframe: bool,
+    ) -> Result<Locked<'b>, NvencError> {
+        if input.surface != surface
             || !Arc::ptr_eq(&input.session, &self.session)
             || !Arc::ptr_eq(&output.session, &self.session)
         {
@@ -609,9 +671,9 @@ impl Encoder {
         };
         let mut pic = sys::NV_ENC_PIC_PARAMS {
             version: NV_ENC_PIC_PARAMS_VER,
-            inputWidth: picture.width(),
-            inputHeight: picture.height(),
-            inputPitch: picture.pitch() as u32,
+            inputWidth: surface.width,
+            inputHeight: surface.height,
+            inputPitch: surface.pitch,
             encodePicFlags: flags,
             inputTimeStamp: self.frame,
             inputBuffer: mapping.mappedResource,
@@ -662,7 +724,7 @@ fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
 pub struct Registered {
     session: Arc<Session>,
     resource: sys::NV_ENC_REGISTERED_PTR,
-    device_address: u64,
+    surface: Surface,
 }
 
 impl fmt::Debug for Registered {
