@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing (Xvfb, nasm, FFmpeg, Chromium,
-# ChromeDriver, a Python virtualenv for the chart checks), then format, lints, unit, integration
-# and end-to-end tests, benchmarks compiled and run once, a short fuzz of every fuzz target, and the
-# Helm chart checks.
+# ChromeDriver, Python virtualenvs for the chart and PTX checks), then format, lints, unit,
+# integration and end-to-end tests, benchmarks compiled and run once, a short fuzz of every fuzz
+# target, the CUDA kernel's PTX check and the Helm chart checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
@@ -33,6 +33,9 @@ for target in input_parse input_parse_diff; do
   cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
     -- -dict=fuzz/input.dict -max_total_time=60
 done
+
+step "CUDA kernel: the committed PTX is current and assembles for Turing to Hopper"
+ffi/cuda/generate-ptx.sh --check
 
 if [ -x tests/charts/check.sh ]; then
   step "Helm charts and Kubernetes manifests"
