@@ -14,11 +14,12 @@
 use std::ffi::c_void;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ptr;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
-    LaunchConfig, PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, result,
+    sys,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -85,6 +86,12 @@ impl Gpu {
             return Err(GpuError::NoDevice);
         }
         let ctx = CudaContext::new(0).map_err(driver("creating a context on GPU 0"))?;
+        // SAFETY: all of this context's work goes to one stream (`stream` below) and every
+        // conversion is waited for before its picture is read (by a download or by NVENC, whose
+        // encode is synchronous), so cudarc's per-buffer events (a record and a wait around
+        // every access) order nothing here; without them a frame makes no event calls. Set
+        // before any buffer exists, as cudarc requires.
+        unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().unwrap_or_else(|_| "GPU 0".to_owned());
         let module = ctx
             .load_module(Ptx::from_src(KERNEL_PTX))
@@ -189,6 +196,7 @@ impl Gpu {
         if (width, height) != (dst.width, dst.height) {
             return Err(GpuError::Size { width, height });
         }
+        self.bind()?;
         let stride = u32::try_from(stride).map_err(|_| GpuError::Size { width, height })?;
         let pitch = dst.pitch as u32;
         let (base, _sync) = dst.buffer.device_ptr_mut(&self.stream);
@@ -200,26 +208,24 @@ impl Gpu {
                 (base + luma_len, base + luma_len + quarter, width / 2, 1u32)
             }
         };
-        let config = LaunchConfig {
-            grid_dim: (
-                (width / 2).div_ceil(BLOCK.0),
-                (height / 2).div_ceil(BLOCK.1),
-                1,
-            ),
-            block_dim: (BLOCK.0, BLOCK.1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut args = self.stream.launch_builder(&self.kernel);
-        args.arg(&src)
-            .arg(&stride)
-            .arg(&width)
-            .arg(&height)
-            .arg(&base)
-            .arg(&pitch)
-            .arg(&u)
-            .arg(&v)
-            .arg(&c_pitch)
-            .arg(&c_step);
+        let grid = (
+            (width / 2).div_ceil(BLOCK.0),
+            (height / 2).div_ceil(BLOCK.1),
+            1,
+        );
+        // The kernel's parameters, by address, on the stack: a frame allocates nothing.
+        let mut args = [
+            ptr::from_ref(&src).cast_mut().cast::<c_void>(),
+            ptr::from_ref(&stride).cast_mut().cast(),
+            ptr::from_ref(&width).cast_mut().cast(),
+            ptr::from_ref(&height).cast_mut().cast(),
+            ptr::from_ref(&base).cast_mut().cast(),
+            ptr::from_ref(&pitch).cast_mut().cast(),
+            ptr::from_ref(&u).cast_mut().cast(),
+            ptr::from_ref(&v).cast_mut().cast(),
+            ptr::from_ref(&c_pitch).cast_mut().cast(),
+            ptr::from_ref(&c_step).cast_mut().cast(),
+        ];
         // SAFETY: the arguments match the kernel's signature in bgrx_to_yuv420.cu one for one
         // (pointers as 64-bit device addresses, the rest as u32). The kernel reads
         // `stride * (height - 1) + 4 * width` bytes from `src`, which the callers checked
@@ -227,8 +233,20 @@ impl Gpu {
         // `DeviceFrame`'s constructor), and writes inside `dst`'s buffer: rows of `pitch` bytes
         // for `height` luma rows and `height / 2` chroma rows whose widest write ends at
         // `c_pitch * (height/2 - 1) + c_step * (width/2 - 1) + 1` past the chroma start, within
-        // the `pitch * height / 2` bytes allocated for chroma in both layouts.
-        unsafe { args.launch(config) }.map_err(driver("launching the conversion kernel"))?;
+        // the `pitch * height / 2` bytes allocated for chroma in both layouts. `args` points at
+        // locals that outlive the call (cuLaunchKernel copies the values); the context is
+        // current (bound above) and `stream` belongs to it.
+        unsafe {
+            result::launch_kernel(
+                self.kernel.cu_function(),
+                grid,
+                (BLOCK.0, BLOCK.1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut args,
+            )
+        }
+        .map_err(driver("launching the conversion kernel"))?;
         self.stream
             .synchronize()
             .map_err(driver("waiting for the conversion"))

@@ -10,12 +10,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use playpod_ffi::MappedFile;
 use playpod_ffi::cuda::{ChromaLayout, Gpu};
 use playpod_ffi::nvenc::{self, Nvenc};
+use playpod_ffi::{CountingAllocator, MappedFile, count_allocations};
 use playpod_hotpath::convert::{
     BgrxFrame, I420Frame, bgrx_to_i420, bgrx_to_i420_scalar, max_plane_difference,
 };
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const KERNEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ffi/cuda/bgrx_to_yuv420.cu");
 
@@ -228,11 +231,14 @@ fn gpu_conversion_matches_the_cpu_reference() {
             );
             let frames = 300;
             let start = Instant::now();
-            for _ in 0..frames {
-                let frame = map.gpu_frame(&gpu, 0, stride, w, h).unwrap();
-                gpu.convert(&frame, &mut in_place).unwrap();
-            }
+            let ((), allocations) = count_allocations(|| {
+                for _ in 0..frames {
+                    let frame = map.gpu_frame(&gpu, 0, stride, w, h).unwrap();
+                    gpu.convert(&frame, &mut in_place).unwrap();
+                }
+            });
             let gpu_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(frames);
+            assert_eq!(allocations, 0, "in-place GPU conversion allocated");
             let mut cpu = I420Frame::new(w, h);
             let frame = BgrxFrame {
                 bytes: &src,
@@ -297,14 +303,17 @@ fn nvenc_encodes_idr_on_demand_when_present() {
     let frames = 300;
     let start = Instant::now();
     let mut idrs = 0;
-    for i in 0..frames {
-        let au = encoder
-            .encode(&picture, &input, &mut output, i == 100)
-            .unwrap();
-        idrs += usize::from(au.keyframe());
-    }
+    let ((), allocations) = count_allocations(|| {
+        for i in 0..frames {
+            let au = encoder
+                .encode(&picture, &input, &mut output, i == 100)
+                .unwrap();
+            idrs += usize::from(au.keyframe());
+        }
+    });
     let ms = start.elapsed().as_secs_f64() * 1e3 / f64::from(frames);
     assert_eq!(idrs, 1, "IDR only on demand");
+    assert_eq!(allocations, 0, "NVENC encoding allocated");
     println!("NVENC 768x768 H.264: {ms:.2} ms/frame");
 }
 
