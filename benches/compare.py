@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,13 +117,25 @@ def stop(proc):
             proc.wait()
 
 
-def start_pod(display, fb, bitrate_kbps):
+def readyz(port):
+    """The pod's /readyz JSON (also when it answers 503)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
+    except urllib.error.HTTPError as err:
+        body = err.read()
+    return json.loads(body)
+
+
+def start_pod(display, fb, bitrate_kbps, extra=(), log=None):
+    """`playpod pod` on the framebuffer, with `extra` arguments (such as `--encoder openh264`);
+    its log is appended to the file `log`, if given."""
     port = free_port()
-    pod = subprocess.Popen(
-        [os.path.join(RELEASE, "playpod"), "pod", "--display", display, "--framebuffer", fb,
-         "--listen", f"127.0.0.1:{port}", "--token", TOKEN, "--size", SIZE, "--fps", str(FPS),
-         "--bitrate-kbps", str(bitrate_kbps)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log or os.devnull, "ab") as stderr:
+        pod = subprocess.Popen(
+            [os.path.join(RELEASE, "playpod"), "pod", "--display", display, "--framebuffer", fb,
+             "--listen", f"127.0.0.1:{port}", "--token", TOKEN, "--size", SIZE, "--fps", str(FPS),
+             "--bitrate-kbps", str(bitrate_kbps), *extra],
+            stdout=subprocess.DEVNULL, stderr=stderr)
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -132,7 +145,7 @@ def start_pod(display, fb, bitrate_kbps):
                 break
             time.sleep(0.05)
     stop(pod)
-    raise RuntimeError("playpod pod did not come up (run it by hand to see why)")
+    raise RuntimeError("playpod pod did not come up" + (f" (its log: {log})" if log else " (run it by hand to see why)"))
 
 
 def start_viewer(port, seconds, connections=1, save=None):
@@ -197,8 +210,8 @@ def measure_ffmpeg(display, seconds, warmup, bitrate_kbps, workdir, out):
     return {"cpu_s": c1 - c0, "frames": f1 - f0, "wall": t1 - t0, "bits": (s1 - s0) * 8}
 
 
-def measure_fanout(display, fb, seconds, warmup, bitrate_kbps, connections):
-    pod, port = start_pod(display, fb, bitrate_kbps)
+def measure_fanout(display, fb, seconds, warmup, bitrate_kbps, connections, extra=(), log=None):
+    pod, port = start_pod(display, fb, bitrate_kbps, extra, log)
     try:
         viewer = start_viewer(port, warmup + seconds + 2, connections=connections)
         time.sleep(warmup)
@@ -206,6 +219,7 @@ def measure_fanout(display, fb, seconds, warmup, bitrate_kbps, connections):
         time.sleep(seconds)
         m1, c1, v1, t1 = scrape(port), cpu_seconds(pod.pid), cpu_seconds(viewer.pid), time.time()
         seen = viewer_result(viewer)
+        ready = readyz(port)
     finally:
         stop(pod)
     counter = lambda name: metric(m1, name) - metric(m0, name)  # noqa: E731
@@ -217,8 +231,10 @@ def measure_fanout(display, fb, seconds, warmup, bitrate_kbps, connections):
         "encode": bucket_delta(buckets(m0, "encode_seconds"), buckets(m1, "encode_seconds")),
         "ready": bucket_delta(buckets(m0, "frame_ready_to_ring_seconds"),
                               buckets(m1, "frame_ready_to_ring_seconds")),
+        "convert": bucket_delta(buckets(m0, "convert_seconds"), buckets(m1, "convert_seconds")),
         "encode_sum": metric(m1, "encode_seconds_sum") - metric(m0, "encode_seconds_sum"),
         "viewer": seen,
+        "readyz": ready,
     }
 
 
