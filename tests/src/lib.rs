@@ -177,11 +177,14 @@ pub fn start_game(display: &str, scene: &str, size: (u32, u32)) -> Guard {
     Guard(child)
 }
 
-/// A `playpod` process that printed its `playpod: open URL` line.
+/// A `playpod` process that printed its `playpod: open URL` line. Its stderr is passed through
+/// and kept ([`Served::log`]).
 #[derive(Debug)]
 pub struct Served {
     pub child: Child,
     pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Served {
@@ -192,8 +195,22 @@ impl Served {
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start playpod");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let kept = std::sync::Arc::clone(&log);
+        let log_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut kept = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -211,7 +228,32 @@ impl Served {
                 panic!("playpod {args:?} printed no URL within 30 s (exit: {status:?})");
             }
         };
-        Self { child, url }
+        Self {
+            child,
+            url,
+            log,
+            log_reader: Some(log_reader),
+        }
+    }
+
+    /// What it wrote on stderr so far; once it has exited (and every child sharing its
+    /// stderr), all of it.
+    pub fn log(&mut self) -> String {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.log_reader.as_ref().is_some_and(|r| !r.is_finished())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.log_reader.as_ref().is_some_and(|r| r.is_finished()) {
+                let _ = self.log_reader.take().map(std::thread::JoinHandle::join);
+            }
+        }
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// `http://127.0.0.1:PORT`
@@ -249,9 +291,8 @@ impl Served {
 }
 
 impl Drop for Served {
-    /// SIGTERM, then SIGKILL only if it has not exited within 10 s: a demo stopped right after
-    /// its start can take a couple of seconds (its sound server's first samples), and killing it
-    /// outright would leave its framebuffer directory behind.
+    /// SIGTERM, then SIGKILL only if it has not exited within 10 s: killing a demo outright
+    /// would leave its framebuffer directory behind.
     fn drop(&mut self) {
         stop_gently(&mut self.child, Duration::from_secs(10));
     }

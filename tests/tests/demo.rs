@@ -224,6 +224,18 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
         stopping.elapsed().as_secs_f64()
     );
     assert!(status.success(), "demo exited with {status} on SIGTERM");
+    // Stopped right after its start, every thread still stops: the sound server's monitor
+    // gives samples from the start (its null sink is not left rendering a first 2-s block), so
+    // the audio capture is not stuck in a read that stopping would have to abandon.
+    let log = demo.log();
+    assert!(
+        log.contains("stopping"),
+        "the demo's log was not kept: {log}"
+    );
+    assert!(
+        !log.contains("blocked in a read"),
+        "the audio capture was stuck when the demo stopped: {log}"
+    );
 
     let alive = || -> Vec<String> {
         children

@@ -19,9 +19,13 @@ pub const SINK: &str = "game";
 pub const MONITOR: &str = "game.monitor";
 
 /// The configuration script (`pulseaudio -n -F FILE`): nothing but the null sink and a socket.
+///
+/// `norewinds=1` caps the null sink's latency at 50 ms. Without it the sink renders its first
+/// block at its 2-s default before any client asks for less, so its monitor stays silent for
+/// about 1.9 s after the server starts (recording blocks, and so does stopping in that time).
 pub fn config_script(socket: &Path) -> String {
     format!(
-        "load-module module-null-sink sink_name={SINK} rate=48000 channels=2 \
+        "load-module module-null-sink sink_name={SINK} rate=48000 channels=2 norewinds=1 \
          sink_properties=device.description=playpod-game\n\
          set-default-sink {SINK}\n\
          load-module module-native-protocol-unix socket={} auth-anonymous=1\n",
@@ -179,7 +183,7 @@ mod tests {
     #[test]
     fn script() {
         let s = config_script(Path::new("/run/x/native"));
-        assert!(s.contains("module-null-sink sink_name=game rate=48000 channels=2"));
+        assert!(s.contains("module-null-sink sink_name=game rate=48000 channels=2 norewinds=1"));
         assert!(s.contains("set-default-sink game\n"));
         assert!(s.contains("socket=/run/x/native auth-anonymous=1"));
     }
