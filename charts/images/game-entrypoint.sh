@@ -51,7 +51,7 @@ done
 pulseaudio --daemonize=no --use-pid-file=no --exit-idle-time=-1 --disallow-exit \
     --log-target=stderr -n \
     --load="module-native-protocol-unix socket=$pulse_dir/native auth-anonymous=1" \
-    --load="module-null-sink sink_name=game rate=48000 channels=2" \
+    --load="module-null-sink sink_name=game rate=48000 channels=2 norewinds=1" \
     --load="module-always-sink" &
 pulse_pid=$!
 tries=0
