@@ -84,6 +84,18 @@ static int planted(const char *call, NVENCSTATUS *status) {
             return planted_status;                    \
     } while (0)
 
+/* `struct object *NAME`: the session `encoder` names, or refuse the call. */
+#define FIND_SESSION(name)                                                                 \
+    struct object *name = find(encoder, SESSION, NULL);                                    \
+    if (!name) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session")
+
+/* The caller's structure: present, and of the version the header gives it. */
+#define CHECK_PARAMS(params, want)                                                         \
+    do {                                                                                   \
+        if (!(params)) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");        \
+        if ((params)->version != (want)) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version"); \
+    } while (0)
+
 static struct object *new_object(enum kind kind, struct object *session) {
     for (int i = 0; i < MAX_OBJECTS; i++) {
         if (objects[i].kind == FREE) {
@@ -166,7 +178,8 @@ static NVENCSTATUS NVENCAPI open_session_ex(NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS
 static NVENCSTATUS NVENCAPI guid_count(void *encoder, uint32_t *count) {
     const char *call = "nvEncGetEncodeGUIDCount";
     ENTER(call);
-    if (!find(encoder, SESSION, NULL)) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
+    (void)s;
     if (!count) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null count");
     *count = offers_h264 ? 2 : 1;
     say("%s %u", call, *count);
@@ -176,7 +189,8 @@ static NVENCSTATUS NVENCAPI guid_count(void *encoder, uint32_t *count) {
 static NVENCSTATUS NVENCAPI guids(void *encoder, GUID *out, uint32_t size, uint32_t *count) {
     const char *call = "nvEncGetEncodeGUIDs";
     ENTER(call);
-    if (!find(encoder, SESSION, NULL)) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
+    (void)s;
     uint32_t have = offers_h264 ? 2 : 1;
     if (!out || !count) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null pointer");
     if (size < have) return refuse(NV_ENC_ERR_INVALID_PARAM, call, "array too small");
@@ -191,7 +205,8 @@ static NVENCSTATUS NVENCAPI preset_config_ex(void *encoder, GUID codec, GUID pre
                                              NV_ENC_PRESET_CONFIG *config) {
     const char *call = "nvEncGetEncodePresetConfigEx";
     ENTER(call);
-    if (!find(encoder, SESSION, NULL)) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
+    (void)s;
     if (!config) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null config");
     if (config->version != NV_ENC_PRESET_CONFIG_VER)
         return refuse(NV_ENC_ERR_INVALID_VERSION, call, "preset config version");
@@ -218,8 +233,7 @@ static NVENCSTATUS NVENCAPI preset_config_ex(void *encoder, GUID codec, GUID pre
 static NVENCSTATUS NVENCAPI initialize(void *encoder, NV_ENC_INITIALIZE_PARAMS *p) {
     const char *call = "nvEncInitializeEncoder";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     if (!p || !p->encodeConfig) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null pointer");
     if (p->version != NV_ENC_INITIALIZE_PARAMS_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "params version");
     NV_ENC_CONFIG *c = p->encodeConfig;
@@ -254,11 +268,9 @@ static NVENCSTATUS NVENCAPI initialize(void *encoder, NV_ENC_INITIALIZE_PARAMS *
 static NVENCSTATUS NVENCAPI register_resource(void *encoder, NV_ENC_REGISTER_RESOURCE *p) {
     const char *call = "nvEncRegisterResource";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     if (!s->initialized) return refuse(NV_ENC_ERR_ENCODER_NOT_INITIALIZED, call, "not initialised");
-    if (!p) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");
-    if (p->version != NV_ENC_REGISTER_RESOURCE_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version");
+    CHECK_PARAMS(p, NV_ENC_REGISTER_RESOURCE_VER);
     if (p->resourceType != NV_ENC_INPUT_RESOURCE_TYPE_CUDADEVICEPTR)
         return refuse(NV_ENC_ERR_INVALID_PARAM, call, "resource type");
     if (p->bufferFormat != NV_ENC_BUFFER_FORMAT_NV12) return refuse(NV_ENC_ERR_INVALID_PARAM, call, "format");
@@ -282,8 +294,7 @@ static NVENCSTATUS NVENCAPI register_resource(void *encoder, NV_ENC_REGISTER_RES
 static NVENCSTATUS NVENCAPI unregister_resource(void *encoder, NV_ENC_REGISTERED_PTR resource) {
     const char *call = "nvEncUnregisterResource";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     struct object *r = find(resource, RESOURCE, s);
     if (!r) return refuse(NV_ENC_ERR_RESOURCE_NOT_REGISTERED, call, "not registered on this session");
     if (r->mapped) return refuse(NV_ENC_ERR_INVALID_CALL, call, "still mapped");
@@ -295,11 +306,9 @@ static NVENCSTATUS NVENCAPI unregister_resource(void *encoder, NV_ENC_REGISTERED
 static NVENCSTATUS NVENCAPI create_bitstream(void *encoder, NV_ENC_CREATE_BITSTREAM_BUFFER *p) {
     const char *call = "nvEncCreateBitstreamBuffer";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     if (!s->initialized) return refuse(NV_ENC_ERR_ENCODER_NOT_INITIALIZED, call, "not initialised");
-    if (!p) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");
-    if (p->version != NV_ENC_CREATE_BITSTREAM_BUFFER_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version");
+    CHECK_PARAMS(p, NV_ENC_CREATE_BITSTREAM_BUFFER_VER);
     struct object *b = new_object(BUFFER, s);
     if (!b) return refuse(NV_ENC_ERR_OUT_OF_MEMORY, call, "too many objects");
     p->bitstreamBuffer = b;
@@ -310,8 +319,7 @@ static NVENCSTATUS NVENCAPI create_bitstream(void *encoder, NV_ENC_CREATE_BITSTR
 static NVENCSTATUS NVENCAPI destroy_bitstream(void *encoder, NV_ENC_OUTPUT_PTR buffer) {
     const char *call = "nvEncDestroyBitstreamBuffer";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     struct object *b = find(buffer, BUFFER, s);
     if (!b) return refuse(NV_ENC_ERR_INVALID_PTR, call, "no such buffer on this session");
     if (b->locked) return refuse(NV_ENC_ERR_INVALID_CALL, call, "still locked");
@@ -323,10 +331,8 @@ static NVENCSTATUS NVENCAPI destroy_bitstream(void *encoder, NV_ENC_OUTPUT_PTR b
 static NVENCSTATUS NVENCAPI map_input(void *encoder, NV_ENC_MAP_INPUT_RESOURCE *p) {
     const char *call = "nvEncMapInputResource";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
-    if (!p) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");
-    if (p->version != NV_ENC_MAP_INPUT_RESOURCE_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version");
+    FIND_SESSION(s);
+    CHECK_PARAMS(p, NV_ENC_MAP_INPUT_RESOURCE_VER);
     struct object *r = find(p->registeredResource, RESOURCE, s);
     if (!r) return refuse(NV_ENC_ERR_RESOURCE_NOT_REGISTERED, call, "not registered on this session");
     if (r->mapped) return refuse(NV_ENC_ERR_MAP_FAILED, call, "already mapped");
@@ -340,8 +346,7 @@ static NVENCSTATUS NVENCAPI map_input(void *encoder, NV_ENC_MAP_INPUT_RESOURCE *
 static NVENCSTATUS NVENCAPI unmap_input(void *encoder, NV_ENC_INPUT_PTR mapped) {
     const char *call = "nvEncUnmapInputResource";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     struct object *r = find(mapped, RESOURCE, s);
     if (!r || !r->mapped) return refuse(NV_ENC_ERR_RESOURCE_NOT_MAPPED, call, "not mapped");
     r->mapped = 0;
@@ -361,10 +366,8 @@ static uint32_t put_nal(uint8_t *at, uint8_t header) {
 static NVENCSTATUS NVENCAPI encode_picture(void *encoder, NV_ENC_PIC_PARAMS *p) {
     const char *call = "nvEncEncodePicture";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
-    if (!p) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");
-    if (p->version != NV_ENC_PIC_PARAMS_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version");
+    FIND_SESSION(s);
+    CHECK_PARAMS(p, NV_ENC_PIC_PARAMS_VER);
     struct object *r = find(p->inputBuffer, RESOURCE, s);
     if (!r || !r->mapped) return refuse(NV_ENC_ERR_RESOURCE_NOT_MAPPED, call, "input not mapped");
     struct object *b = find(p->outputBitstream, BUFFER, s);
@@ -390,10 +393,8 @@ static NVENCSTATUS NVENCAPI encode_picture(void *encoder, NV_ENC_PIC_PARAMS *p) 
 static NVENCSTATUS NVENCAPI lock_bitstream(void *encoder, NV_ENC_LOCK_BITSTREAM *p) {
     const char *call = "nvEncLockBitstream";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
-    if (!p) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null params");
-    if (p->version != NV_ENC_LOCK_BITSTREAM_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "version");
+    FIND_SESSION(s);
+    CHECK_PARAMS(p, NV_ENC_LOCK_BITSTREAM_VER);
     struct object *b = find(p->outputBitstream, BUFFER, s);
     if (!b) return refuse(NV_ENC_ERR_INVALID_PTR, call, "no such output buffer");
     if (b->locked) return refuse(NV_ENC_ERR_LOCK_BUSY, call, "already locked");
@@ -409,8 +410,7 @@ static NVENCSTATUS NVENCAPI lock_bitstream(void *encoder, NV_ENC_LOCK_BITSTREAM 
 static NVENCSTATUS NVENCAPI unlock_bitstream(void *encoder, NV_ENC_OUTPUT_PTR buffer) {
     const char *call = "nvEncUnlockBitstream";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     struct object *b = find(buffer, BUFFER, s);
     if (!b || !b->locked) return refuse(NV_ENC_ERR_INVALID_CALL, call, "not locked");
     b->locked = 0;
@@ -421,8 +421,7 @@ static NVENCSTATUS NVENCAPI unlock_bitstream(void *encoder, NV_ENC_OUTPUT_PTR bu
 static NVENCSTATUS NVENCAPI destroy_encoder(void *encoder) {
     const char *call = "nvEncDestroyEncoder";
     ENTER(call);
-    struct object *s = find(encoder, SESSION, NULL);
-    if (!s) return refuse(NV_ENC_ERR_INVALID_ENCODERDEVICE, call, "no such session");
+    FIND_SESSION(s);
     int left = 0;
     for (int i = 0; i < MAX_OBJECTS; i++)
         left += objects[i].kind != FREE && objects[i].session == s;
