@@ -192,15 +192,24 @@ def progress_frames(path):
 
 def measure_ffmpeg(display, seconds, warmup, bitrate_kbps, workdir, out):
     progress = os.path.join(workdir, "ffmpeg.progress")
+    errors = os.path.join(workdir, "ffmpeg.log")
     # -draw_mouse 0: playpod's framebuffer holds no cursor, so neither picture does.
     ff = subprocess.Popen(
         ["ffmpeg", "-v", "error", "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(FPS),
          "-video_size", SIZE, "-i", display, "-c:v", "libx264", "-preset", "ultrafast",
          "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", f"{bitrate_kbps}k",
          "-progress", progress, "-stats_period", "0.1", "-flush_packets", "1", "-y", "-f", "h264", out],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(errors, "w"))
     try:
         time.sleep(warmup)
+        # On a loaded machine FFmpeg can take longer to write its first bytes; if it died, say why.
+        deadline = time.time() + 10
+        while not os.path.exists(out) and ff.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        if not os.path.exists(out) or ff.poll() is not None:
+            with open(errors, errors="replace") as f:
+                tail = " | ".join(f.read().splitlines()[-5:])
+            raise RuntimeError(f"ffmpeg wrote nothing in {warmup} s (exit {ff.poll()}): {tail}")
         c0, f0, s0, t0 = cpu_seconds(ff.pid), progress_frames(progress), os.path.getsize(out), time.time()
         time.sleep(seconds)
         c1, f1, s1, t1 = cpu_seconds(ff.pid), progress_frames(progress), os.path.getsize(out), time.time()
