@@ -217,13 +217,33 @@ pub async fn measure(
             .then(KeyAction::Pause { duration: gap });
     }
     client.perform_actions(keys).await?;
-    // Frames showing the last release are still on their way.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Frames showing the last press are still on their way: wait until a frame drawn after the
+    // last key event has been decoded (on a loaded machine that can take seconds), at most 10 s.
+    let waited = std::time::Instant::now();
+    let rec = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rec = client.execute("return window.__g2g;", vec![]).await?;
+        let last_key = rec["keys"]
+            .as_array()
+            .and_then(|keys| keys.last())
+            .and_then(|k| k[0].as_f64());
+        let last_drawn = rec["frames"]
+            .as_array()
+            .and_then(|frames| frames.last())
+            .and_then(|f| Some(f.get(4)?.as_f64()? - f.get(0)?.as_f64()?));
+        let caught_up = match (last_key, last_drawn) {
+            (None, _) => true,
+            (Some(key), Some(drawn)) => drawn > key,
+            (Some(_), None) => false,
+        };
+        if caught_up || waited.elapsed() > Duration::from_secs(10) {
+            break rec;
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
     client
         .execute("window.playpodFrameHook = null;", vec![])
         .await?;
-    let rec = client.execute("return window.__g2g;", vec![]).await?;
     if let Some(err) = rec.get("error") {
         eprintln!("reading a stamp failed: {err}");
     }
