@@ -194,12 +194,14 @@ def measure_ffmpeg(display, seconds, warmup, bitrate_kbps, workdir, out):
     progress = os.path.join(workdir, "ffmpeg.progress")
     errors = os.path.join(workdir, "ffmpeg.log")
     # -draw_mouse 0: playpod's framebuffer holds no cursor, so neither picture does.
-    ff = subprocess.Popen(
-        ["ffmpeg", "-v", "error", "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(FPS),
-         "-video_size", SIZE, "-i", display, "-c:v", "libx264", "-preset", "ultrafast",
-         "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", f"{bitrate_kbps}k",
-         "-progress", progress, "-stats_period", "0.1", "-flush_packets", "1", "-y", "-f", "h264", out],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(errors, "w"))
+    with open(errors, "w") as stderr:
+        ff = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(FPS),
+             "-video_size", SIZE, "-i", display, "-c:v", "libx264", "-preset", "ultrafast",
+             "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", f"{bitrate_kbps}k",
+             "-progress", progress, "-stats_period", "0.1", "-flush_packets", "1", "-y", "-f", "h264",
+             out],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         time.sleep(warmup)
         # On a loaded machine FFmpeg can take longer to write its first bytes; if it died, say why.

@@ -103,7 +103,6 @@ impl GpuConverter {
         &mut self,
         source: &mut dyn FrameSource,
     ) -> Result<&DevicePicture, GpuStageError> {
-        self.gpu.bind()?;
         if self.in_place {
             match source.gpu_frame(&self.gpu) {
                 Ok(Some(frame)) => {
@@ -150,7 +149,7 @@ impl GpuConverter {
 /// NVENC behind the encoder trait: NV12 pictures in GPU memory, registered on first use.
 pub struct NvencEncoder {
     // Declared first so the registration goes before the session's other parts.
-    input: Option<(nvenc::Registered, u64)>,
+    input: Option<nvenc::Registered>,
     output: nvenc::Bitstream,
     encoder: nvenc::Encoder,
 }
@@ -209,12 +208,15 @@ impl VideoEncoder for NvencEncoder {
         let Picture::Device(picture) = picture else {
             return Err(EncodeError::WrongInput);
         };
-        let address = picture.device_address();
-        if self.input.as_ref().is_none_or(|(_, at)| *at != address) {
+        if self
+            .input
+            .as_ref()
+            .is_none_or(|input| !input.is_for(picture))
+        {
             self.input = None;
-            self.input = Some((self.encoder.register(picture)?, address));
+            self.input = Some(self.encoder.register(picture)?);
         }
-        let Some((input, _)) = &self.input else {
+        let Some(input) = &self.input else {
             return Err(EncodeError::WrongInput);
         };
         let au = self

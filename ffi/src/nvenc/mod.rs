@@ -727,6 +727,13 @@ pub struct Registered {
     surface: Surface,
 }
 
+impl Registered {
+    /// Whether this registration is of `picture` (its address, size and pitch).
+    pub fn is_for(&self, picture: &DevicePicture) -> bool {
+        Surface::of(picture).is_ok_and(|surface| surface == self.surface)
+    }
+}
+
 impl fmt::Debug for Registered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registered").finish_non_exhaustive()
