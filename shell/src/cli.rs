@@ -49,6 +49,9 @@ pub enum Command {
     /// With `--framebuffer` (Xvfb -fbdir) or `--shmid` (Xvfb -shmem) the screen is read in place
     /// with no copy; with neither, it is captured through MIT-SHM XShmGetImage (one copy), which
     /// works with any X server.
+    ///
+    /// When the display's X server goes away (the game ended and its entrypoint stopped Xvfb),
+    /// the session is over: the pod stops by itself, with exit status 0.
     Pod(PodArgs),
     /// Run the Kubernetes control plane that creates game sessions on demand.
     Control(ControlArgs),

@@ -6,6 +6,7 @@ pub mod audio;
 pub mod cli;
 pub mod control;
 pub mod demo;
+pub mod display;
 pub mod game;
 pub mod input;
 pub mod metrics;

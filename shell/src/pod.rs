@@ -2,8 +2,12 @@
 
 use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use crate::audio::AudioSource;
 use crate::cli::PodArgs;
+use crate::display::DisplayWatch;
 use crate::session::{self, Session};
 
 /// Opens the capture source the flags name.
@@ -22,9 +26,12 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
 }
 
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
+    // Signal handlers first, in place for all that follows.
+    let stop_signal = session::shutdown_signal();
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let source = open_source(&args)?;
+    let watch = DisplayWatch::start(&args.display)?;
     let audio = match &args.pulse_server {
         Some(server) => AudioSource::Pulse {
             server: server.clone(),
@@ -40,5 +47,35 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
     let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
     // Players' keys go into the display the pod streams.
     session.start_input(&args.display, &args.stream, tls.as_ref())?;
-    session::serve(session, listener, tls, session::shutdown_signal()).await
+    let health = session.state.health.clone();
+    let shutdown = async {
+        tokio::select! {
+            () = stop_signal => {}
+            reason = watch.closed() => {
+                health.display_ok.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    display = watch.display(),
+                    %reason,
+                    "the X server closed the display (the game is over): stopping"
+                );
+            }
+        }
+    };
+    let served = session::serve(session, listener, tls, shutdown).await;
+    match served {
+        // Capturing through XShmGetImage, the frame thread may see the server go before the
+        // watch does: the same end of the game, not a failure.
+        Err(err) if watch.closed_within(DISPLAY_GRACE).await => {
+            tracing::info!(
+                display = watch.display(),
+                err = format!("{err:#}"),
+                "the X server closed the display (the game is over): stopped"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
+
+/// How long a failed frame thread waits to learn whether its display has gone.
+const DISPLAY_GRACE: Duration = Duration::from_millis(500);

@@ -306,7 +306,21 @@ pub async fn serve(
     // Stop the frame thread first: its ring closes, so every viewer gets a close message and
     // its connection ends, and the graceful shutdown below has nothing left to wait for. The
     // player threads stop with it, closing their sockets.
-    drop(session);
+    let Session {
+        pipeline,
+        state,
+        input,
+        audio,
+    } = session;
+    if let Err(err) = pipeline.stop() {
+        if state.health.display_ok.load(Ordering::Relaxed) {
+            tracing::error!(%err, "frame thread ended with an error");
+        } else {
+            // Its display went away under it: how the session ended, not a new failure.
+            tracing::debug!(%err, "frame thread ended with its display");
+        }
+    }
+    drop((input, audio, state));
     let _ = stop_tx.send(true);
     if let Err(err) = server.await {
         tracing::warn!(%err, "server task failed");

@@ -133,3 +133,50 @@ fn pod_with_a_bad_framebuffer_fails_clearly() {
     ]);
     assert!(err.contains("/nonexistent/Xvfb_screen0"), "{err}");
 }
+
+/// Waits (up to 10 s) for the served pod to exit by itself; its exit status and log.
+fn exits_by_itself(served: &mut Served) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().expect("wait playpod") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "playpod pod still runs 10 s after its X server stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, served.log())
+}
+
+#[test]
+fn pod_stops_when_its_x_server_goes_away() {
+    // The game pod's entrypoint stops Xvfb when the game exits: the session is over, whether
+    // the screen is read in place (nothing there would notice) or through XShmGetImage.
+    for in_place in [true, false] {
+        let xvfb = Xvfb::start(320, 240);
+        let _game = start_game(&xvfb.name(), "pong", (320, 240));
+        let fb = xvfb.framebuffer();
+        let name = xvfb.name();
+        let mut args = vec!["pod", "--display", &name, "--size", "320x240"];
+        if in_place {
+            args.extend(["--framebuffer", fb.to_str().unwrap()]);
+        }
+        let mut served = Served::start(&args);
+        check_stream(&served, 320);
+        let ready = served.get("/readyz");
+        assert!(ready.contains("\"display\":\"ok\""), "{ready}");
+        xvfb.stop();
+        let (status, log) = exits_by_itself(&mut served);
+        assert!(
+            status.success(),
+            "in place {in_place}: exit {status}\n{log}"
+        );
+        assert!(
+            log.contains("the X server closed the display"),
+            "in place {in_place}: {log}"
+        );
+        assert!(!log.contains("ERROR"), "in place {in_place}: {log}");
+    }
+}
