@@ -30,7 +30,7 @@
     if (!button) return;
     let text;
     if (stats.state === 'unsupported') text = 'no audio (this browser has no AudioDecoder)';
-    else if (stats.state === 'off' || stats.state === 'down') text = 'no audio';
+    else if (stats.state === 'off' || stats.state === 'down' || stats.state === 'ended') text = 'no audio';
     else if (stats.state === 'connecting') text = 'audio…';
     else if (!ctx || ctx.state !== 'running') text = '🔇 click for sound';
     else text = stats.muted ? '🔇 unmute' : '🔊 mute';
@@ -141,6 +141,7 @@
 
   let backoff = 250;
   function connect() {
+    if (window.playpodEnded) return;
     const socket = new WebSocket(wsBase + 'audio');
     socket.binaryType = 'arraybuffer';
     socket.onopen = () => { backoff = 250; };
@@ -174,6 +175,11 @@
       if (ev.code === 1000 && ev.reason === 'audio is off') {
         stats.state = 'off';
         closedForGood = true;
+        render();
+        return;
+      }
+      if (window.playpodSessionEnded && window.playpodSessionEnded(ev)) {
+        stats.state = 'ended';
         render();
         return;
       }

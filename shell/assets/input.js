@@ -156,6 +156,7 @@
   function connect(takeover) {
     disconnect();
     if (!state.player) { showBadge(); return; }
+    if (window.playpodEnded) { state.closeReason = window.playpodEnded; showBadge(); return; }
     state.closeCode = null; state.closeReason = null;
     const ws = new WebSocket(wsBase + 'input/' + state.player + (takeover ? '?takeover=1' : ''));
     socket = ws;
@@ -179,8 +180,14 @@
       state.connected = false;
       state.closeCode = ev.code;
       state.closeReason = ev.reason || null;
-      // The slot has a controller (4001) or another page took it over (4002): stay off until
-      // the user asks; anything else reconnects with backoff.
+      // The game has ended (4004): stay off for good. The slot has a controller (4001) or
+      // another page took it over (4002): stay off until the user asks. Anything else
+      // reconnects with backoff.
+      if (window.playpodSessionEnded && window.playpodSessionEnded(ev)) {
+        state.closeReason = window.playpodEnded;
+        showBadge();
+        return;
+      }
       if (ev.code === 4001 || ev.code === 4002) {
         showBadge();
         offerTakeover(ev.reason);

@@ -17,13 +17,27 @@
     connected: false, codec: null, width: 0, height: 0,
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
     decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
-    clockOffsetMs: null, clockRttMs: null,
+    clockOffsetMs: null, clockRttMs: null, ended: null,
   });
 
   function showMessage(text) {
     messageEl.textContent = text;
     messageEl.hidden = !text;
   }
+
+  // A socket the server closes with 4004 means the game has ended: the session is over, and
+  // no socket of the page (video, audio, input) reconnects after that. Every socket's close
+  // handler asks this; true once the game has ended.
+  window.playpodEnded = null;
+  window.playpodSessionEnded = (ev) => {
+    if (ev.code === 4004 && !window.playpodEnded) {
+      window.playpodEnded = ev.reason || 'the game has ended';
+      stats.ended = window.playpodEnded;
+      showMessage('The game has ended.');
+      window.dispatchEvent(new Event('playpod-ended'));
+    }
+    return window.playpodEnded !== null;
+  };
 
   const nowMicros = () => (performance.timeOrigin + performance.now()) * 1000;
 
@@ -105,6 +119,7 @@
 
   let backoff = 250;
   function connect() {
+    if (window.playpodEnded) return;
     const socket = new WebSocket(wsBase + 'video');
     socket.binaryType = 'arraybuffer';
     let config = null;
@@ -148,11 +163,12 @@
         data: new Uint8Array(ev.data, 16),
       }));
     };
-    socket.onclose = () => {
+    socket.onclose = (ev) => {
       clearInterval(prober);
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;
+      if (window.playpodSessionEnded(ev)) return;
       stats.reconnects++;
       showMessage(`Disconnected; reconnecting in ${(backoff / 1000).toFixed(1)} s…`);
       setTimeout(connect, backoff);

@@ -174,6 +174,11 @@ pub struct PodArgs {
     /// PulseAudio source to record: the monitor of the sink the game plays to.
     #[arg(long, default_value = "game.monitor")]
     pub pulse_source: String,
+    /// Wait up to this many seconds for the display (and the framebuffer, if given) to
+    /// appear, instead of failing at once: in a game pod the streamer starts beside the game,
+    /// which starts Xvfb.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait_for_display: u32,
 }
 
 /// Parses `WxH` with both sides even and between 16 and 4096.

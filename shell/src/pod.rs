@@ -2,8 +2,7 @@
 
 use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::audio::AudioSource;
 use crate::cli::PodArgs;
@@ -25,13 +24,54 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
     })
 }
 
+/// Opens the capture source and watches the display, retrying for `--wait-for-display`
+/// seconds while either is missing.
+async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, DisplayWatch)> {
+    let wait = Duration::from_secs(args.wait_for_display.into());
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let opened =
+            open_source(args).and_then(|source| Ok((source, DisplayWatch::start(&args.display)?)));
+        match opened {
+            Ok(opened) => {
+                if said {
+                    tracing::info!(display = %args.display, waited_ms = started.elapsed().as_millis() as u64, "the display is up");
+                }
+                return Ok(opened);
+            }
+            Err(err) if started.elapsed() < wait => {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        display = %args.display,
+                        err = format!("{err:#}"),
+                        "waiting up to {} s for the display",
+                        wait.as_secs()
+                    );
+                }
+                tokio::time::sleep(DISPLAY_RETRY).await;
+            }
+            Err(err) if said => {
+                return Err(err.context(format!(
+                    "the display was not up after waiting {} s (--wait-for-display)",
+                    wait.as_secs()
+                )));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
-    // Signal handlers first, in place for all that follows.
-    let stop_signal = session::shutdown_signal();
+    // Signal handlers first, in place for all that follows (waiting for the display too).
+    let mut stop_signal = std::pin::pin!(session::shutdown_signal());
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
-    let source = open_source(&args)?;
-    let watch = DisplayWatch::start(&args.display)?;
+    let (source, watch) = tokio::select! {
+        opened = open_display(&args) => opened?,
+        () = &mut stop_signal => return Ok(()),
+    };
     let audio = match &args.pulse_server {
         Some(server) => AudioSource::Pulse {
             server: server.clone(),
@@ -52,7 +92,7 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = stop_signal => {}
             reason = watch.closed() => {
-                health.display_ok.store(false, Ordering::Relaxed);
+                health.end_game();
                 tracing::info!(
                     display = watch.display(),
                     %reason,
@@ -79,3 +119,5 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
 
 /// How long a failed frame thread waits to learn whether its display has gone.
 const DISPLAY_GRACE: Duration = Duration::from_millis(500);
+/// How often `--wait-for-display` tries again.
+const DISPLAY_RETRY: Duration = Duration::from_millis(100);

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code as axum_close,
+};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,6 +22,7 @@ use playpod_hotpath::ring::{FrameMeta, ReadOutcome, Ring, RingReader};
 use serde::Serialize;
 
 use crate::assets;
+use crate::input::close_code;
 use crate::metrics::Metrics;
 use crate::token::token_matches;
 
@@ -27,6 +30,9 @@ use crate::token::token_matches;
 pub const MEDIA_HEADER_LEN: usize = 16;
 /// Media message kinds.
 pub const KIND_VIDEO: u8 = 1;
+/// The close reason of every socket when the game has ended; the page shows it.
+pub const GAME_OVER_REASON: &str = "the game has ended";
+
 /// A viewer whose socket does not take a message for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,6 +48,8 @@ pub struct StreamInfo {
 #[derive(Debug)]
 pub struct Health {
     pub display_ok: AtomicBool,
+    /// The game's display closed: the session is over for good ([`Health::end_game`]).
+    game_over: AtomicBool,
     pub encoder: &'static str,
     /// Where BGRX -> YUV runs: `cpu` or `cuda`.
     pub conversion: &'static str,
@@ -61,6 +69,7 @@ impl Health {
     pub fn new(encoder: &'static str, capture: &'static str) -> Self {
         Self {
             display_ok: AtomicBool::new(true),
+            game_over: AtomicBool::new(false),
             encoder,
             conversion: "cpu",
             encoder_reason: String::new(),
@@ -71,6 +80,33 @@ impl Health {
             frames_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             viewers_dropped_slow: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the session over because the game's display closed (the game exited): the display
+    /// is down, and the sockets close with [`close_code::GAME_OVER`].
+    pub fn end_game(&self) {
+        self.game_over.store(true, Ordering::Relaxed);
+        self.display_ok.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the session ended because the game did ([`Health::end_game`]).
+    pub fn game_over(&self) -> bool {
+        self.game_over.load(Ordering::Relaxed)
+    }
+
+    /// The close frame of a media socket whose stream has ended.
+    pub fn stream_end(&self) -> CloseFrame {
+        if self.game_over() {
+            CloseFrame {
+                code: close_code::GAME_OVER,
+                reason: GAME_OVER_REASON.into(),
+            }
+        } else {
+            CloseFrame {
+                code: axum_close::AWAY,
+                reason: "the stream has ended".into(),
+            }
         }
     }
 
@@ -348,12 +384,7 @@ pub async fn stream_video<S, R>(
             ReadOutcome::Frame(meta) => meta,
             ReadOutcome::Empty => continue,
             ReadOutcome::Closed => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: close_code::AWAY,
-                        reason: "the stream has ended".into(),
-                    })))
-                    .await;
+                let _ = sink.send(Message::Close(Some(health.stream_end()))).await;
                 return;
             }
         };

@@ -59,6 +59,11 @@ impl Xvfb {
     /// Starts `Xvfb :N -screen 0 WxHx24 -fbdir DIR` on the first free display from a
     /// per-process offset (tests run in parallel) and waits until it accepts clients.
     pub fn start(width: u32, height: u32) -> Self {
+        Self::start_with(width, height, &[])
+    }
+
+    /// [`Xvfb::start`] with more arguments for Xvfb (such as `-extension XTEST`).
+    pub fn start_with(width: u32, height: u32, extra: &[&str]) -> Self {
         assert!(have("Xvfb"), "Xvfb is not installed (apt-get install xvfb)");
         let shm = Path::new("/dev/shm");
         let fbdir = tempfile::Builder::new()
@@ -79,6 +84,7 @@ impl Xvfb {
                 .args(["-screen", "0", &format!("{width}x{height}x24")])
                 .args(["-nolisten", "tcp", "-noreset", "-fbdir"])
                 .arg(fbdir.path())
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -3,7 +3,8 @@
 //! out of the Opus stream at the right frequency and level (decoded by libopus through the
 //! `opus` crate, independently of the server's encoder settings); a click reaches the listener
 //! quickly; killing PulseAudio leaves the video flowing and restarting it brings the sound back;
-//! and the per-frame work (PCM ring -> Opus -> broadcast ring) allocates nothing.
+//! when the game ends (its X server stops) the audio socket closes saying so, like the video
+//! and input ones; and the per-frame work (PCM ring -> Opus -> broadcast ring) allocates nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -144,7 +145,8 @@ type Ws =
 struct Rig {
     pulse: TestPulse,
     pod: Served,
-    _xvfb: Xvfb,
+    /// Taken by a test that ends the game.
+    xvfb: Option<Xvfb>,
 }
 
 impl Rig {
@@ -169,7 +171,7 @@ impl Rig {
         Self {
             pulse,
             pod,
-            _xvfb: xvfb,
+            xvfb: Some(xvfb),
         }
     }
 
@@ -534,6 +536,76 @@ async fn killing_pulseaudio_keeps_the_video_and_a_restart_brings_the_sound_back(
         "no reconnection counted: {reconnects:?}"
     );
     assert!(metrics.contains("playpod_audio_state 2"), "{metrics}");
+}
+
+/// Reads `ws` until the server's close frame (up to 10 s): its code and reason.
+async fn close_frame(ws: &mut Ws, what: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no close frame within 10 s"));
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_owned());
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{what}: ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_game_ends_every_socket_says_so() {
+    // The game pod's entrypoint stops Xvfb when the game exits. Every socket of the session
+    // (video, audio, a player's input) closes with 4004 "the game has ended", which the page
+    // shows instead of reconnecting, and the pod exits 0.
+    let mut rig = Rig::start();
+    let mut video = rig.connect("video").await;
+    let mut audio = rig.connect("audio").await;
+    let mut input = rig.connect("input/1").await;
+    handshake(&mut audio).await;
+    // The video is flowing and the player is attached before the game ends.
+    let first = tokio::time::timeout(Duration::from_secs(10), video.next())
+        .await
+        .expect("video config within 10 s");
+    assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+    let started = Instant::now();
+    while rig.readyz().await["players"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "player 1 never attached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let xvfb = rig.xvfb.take().expect("the rig's Xvfb");
+    tokio::task::spawn_blocking(move || xvfb.stop())
+        .await
+        .unwrap();
+    for (what, ws) in [
+        ("video", &mut video),
+        ("audio", &mut audio),
+        ("input", &mut input),
+    ] {
+        let (code, reason) = close_frame(ws, what).await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (4004, "the game has ended"),
+            "{what}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = rig.pod.child.try_wait().expect("wait playpod") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod still runs after its game ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "pod exit: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use playpod_tests::browser::{Chromedriver, WAIT_PLAYER, new_session, require_browser};
-use playpod_tests::{Served, g2g};
+use playpod_tests::{Served, Xvfb, g2g, start_game};
 use serde_json::{Value, json};
 
 /// Waits in the page for the first decoded frame, then counts the frames decoded in the 3 s
@@ -241,13 +241,22 @@ async fn in_chromium<F>(args: &'static [&'static str], check: F)
 where
     F: for<'a> FnOnce(&'a Client, &'a Served) -> BoxFuture<'a, ()>,
 {
+    in_chromium_with(move || Served::start(args), check).await;
+}
+
+/// [`in_chromium`] with the playpod that `start` starts.
+async fn in_chromium_with<S, F>(start: S, check: F)
+where
+    S: FnOnce() -> Served + Send + 'static,
+    F: for<'a> FnOnce(&'a Client, &'a Served) -> BoxFuture<'a, ()>,
+{
     require_browser();
     let started = Instant::now();
     let profile = tempfile::Builder::new()
         .prefix("playpod-chromium-")
         .tempdir()
         .expect("profile dir");
-    let served = tokio::task::spawn_blocking(move || Served::start(args))
+    let served = tokio::task::spawn_blocking(start)
         .await
         .expect("start playpod");
     let driver = Chromedriver::start();
@@ -728,6 +737,105 @@ async fn check_glass_to_glass(client: &Client, served: &Served) {
 async fn chromium_measures_glass_to_glass() {
     in_chromium(&["demo", "--stamp", "--scene", "pong"], |client, served| {
         check_glass_to_glass(client, served).boxed()
+    })
+    .await;
+}
+
+/// Waits until the page has decoded a frame and player 1's input is connected.
+const WAIT_PLAYING: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function wait() {
+  const s = window.playpodStats, i = window.playpodInput;
+  if (s && s.framesDecoded > 0 && i && i.connected) done({ ok: true });
+  else if (performance.now() - t0 > 30000) done({ error: 'not playing within 30 s', stats: s || null, input: i || null });
+  else setTimeout(wait, 20);
+})();
+";
+
+/// Waits until the page says the game has ended, then 3 s more: what it shows, and how often
+/// each socket had reconnected when it ended and 3 s later.
+const WAIT_ENDED: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+const counts = () => ({ video: window.playpodStats.reconnects,
+                        audio: window.playpodAudioStats.reconnects,
+                        input: window.playpodInput.reconnects });
+(function wait() {
+  if (window.playpodEnded) {
+    const at = counts();
+    setTimeout(() => {
+      const message = document.getElementById('message');
+      done({ ended: window.playpodEnded, at, after: counts(), message: message.textContent,
+             messageShown: !message.hidden, badge: document.getElementById('badge').textContent,
+             videoConnected: window.playpodStats.connected, inputConnected: window.playpodInput.connected });
+    }, 3000);
+  } else if (performance.now() - t0 > 15000) {
+    done({ error: 'the page did not say that the game ended within 15 s',
+           stats: window.playpodStats, input: window.playpodInput });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_the_game_has_ended() {
+    // A game pod whose game exits: its entrypoint stops Xvfb, playpod pod closes every socket
+    // with 4004, and the page says so and stops reconnecting (video, audio and input alike),
+    // instead of retrying a session that is gone.
+    let xvfb = Xvfb::start(320, 240);
+    let game = start_game(&xvfb.name(), "pong", (320, 240));
+    let (name, fb) = (xvfb.name(), xvfb.framebuffer());
+    let start = move || {
+        let fb = fb.to_str().expect("a UTF-8 path").to_owned();
+        Served::start(&[
+            "pod",
+            "--display",
+            &name,
+            "--framebuffer",
+            &fb,
+            "--size",
+            "320x240",
+        ])
+    };
+    in_chromium_with(start, move |client, served| {
+        async move {
+            client
+                .goto(&format!("{}?player=1", served.url))
+                .await
+                .expect("open the player");
+            let playing = client
+                .execute_async(WAIT_PLAYING, vec![])
+                .await
+                .expect("wait for the game");
+            assert!(playing.get("error").is_none(), "{playing}");
+            tokio::task::spawn_blocking(move || {
+                drop(game);
+                xvfb.stop();
+            })
+            .await
+            .expect("stop the game and its X server");
+            let seen = client
+                .execute_async(WAIT_ENDED, vec![])
+                .await
+                .expect("wait for the end");
+            eprintln!("after the game ended: {seen}");
+            assert!(seen.get("error").is_none(), "{seen}");
+            assert_eq!(seen["ended"], "the game has ended", "{seen}");
+            assert_eq!(seen["message"], "The game has ended.", "{seen}");
+            assert_eq!(seen["messageShown"], true, "{seen}");
+            assert!(
+                seen["badge"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("the game has ended")),
+                "{seen}"
+            );
+            assert_eq!(seen["at"], seen["after"], "a socket reconnected: {seen}");
+            assert_eq!(seen["videoConnected"], false, "{seen}");
+            assert_eq!(seen["inputConnected"], false, "{seen}");
+        }
+        .boxed()
     })
     .await;
 }

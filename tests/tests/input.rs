@@ -642,15 +642,15 @@ async fn keymaps_tokens_and_a_port_per_player() {
 }
 
 #[test]
-fn an_unreachable_display_closes_the_socket_with_the_reason() {
-    // Video through a real Xvfb, keys to a display that does not exist: the pod serves, and
-    // each input connection is closed with a reason naming the display.
-    let xvfb = Xvfb::start(320, 240);
+fn a_display_without_xtest_closes_the_socket_with_the_reason() {
+    // Video through a real Xvfb started without XTEST: the pod serves, and each input
+    // connection is closed with 4003 and a reason naming the display and what it lacks.
+    let xvfb = Xvfb::start_with(320, 240, &["-extension", "XTEST"]);
     let fb = xvfb.framebuffer();
     let served = Served::start(&[
         "pod",
         "--display",
-        ":999",
+        &xvfb.name(),
         "--framebuffer",
         fb.to_str().unwrap(),
         "--size",
@@ -668,8 +668,29 @@ fn an_unreachable_display_closes_the_socket_with_the_reason() {
             let mut ws = connect(&url).await;
             let frame = close_frame(&mut ws).await.expect("close frame");
             assert_eq!(u16::from(frame.code), 4003, "{frame:?}");
-            assert!(frame.reason.contains(":999"), "{frame:?}");
+            assert!(frame.reason.contains(&xvfb.name()), "{frame:?}");
+            assert!(frame.reason.contains("XTEST"), "{frame:?}");
         });
+}
+
+#[test]
+fn a_pod_on_an_unreachable_display_fails_clearly() {
+    // The display is the game: without it the pod does not start (keys could not reach it),
+    // even with a readable framebuffer.
+    let xvfb = Xvfb::start(320, 240);
+    let fb = xvfb.framebuffer();
+    let err = playpod_tests::playpod_fails(&[
+        "pod",
+        "--display",
+        ":999",
+        "--framebuffer",
+        fb.to_str().unwrap(),
+        "--size",
+        "320x240",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(err.contains("cannot connect to X display :999"), "{err}");
 }
 
 #[test]

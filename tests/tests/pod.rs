@@ -180,3 +180,68 @@ fn pod_stops_when_its_x_server_goes_away() {
         assert!(!log.contains("ERROR"), "in place {in_place}: {log}");
     }
 }
+
+#[test]
+fn pod_waits_for_a_display_that_comes_up_later() {
+    // In a game pod the streamer may start before the game container's Xvfb: with
+    // --wait-for-display it waits for the display and its framebuffer, then streams.
+    let fbdir = tempfile::Builder::new()
+        .prefix("playpod-test-fb-")
+        .tempdir_in("/dev/shm")
+        .expect("temp dir");
+    let display = 1100 + std::process::id() % 200;
+    let name = format!(":{display}");
+    let fb = fbdir.path().join("Xvfb_screen0");
+    let args = [
+        "pod".to_owned(),
+        "--display".to_owned(),
+        name.clone(),
+        "--framebuffer".to_owned(),
+        fb.to_str().unwrap().to_owned(),
+        "--size".to_owned(),
+        "320x240".to_owned(),
+        "--wait-for-display".to_owned(),
+        "20".to_owned(),
+    ];
+    let pod = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Served::start(&args)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!pod.is_finished(), "the pod did not wait for its display");
+    let xvfb = Guard(
+        Command::new("Xvfb")
+            .arg(&name)
+            .args(["-screen", "0", "320x240x24", "-nolisten", "tcp", "-fbdir"])
+            .arg(fbdir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb"),
+    );
+    let mut served = pod.join().expect("the pod came up");
+    check_stream(&served, 320);
+    let log = served.log();
+    assert!(log.contains("waiting up to 20 s for the display"), "{log}");
+    assert!(log.contains("the display is up"), "{log}");
+    drop(served);
+    drop(xvfb);
+}
+
+#[test]
+fn pod_gives_up_waiting_clearly() {
+    let err = playpod_tests::playpod_fails(&[
+        "pod",
+        "--display",
+        ":1399",
+        "--framebuffer",
+        "/nonexistent/Xvfb_screen0",
+        "--wait-for-display",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        err.contains("not up after waiting 1 s") && err.contains("/nonexistent/Xvfb_screen0"),
+        "{err}"
+    );
+}

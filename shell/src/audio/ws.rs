@@ -17,7 +17,9 @@ use playpod_hotpath::audio::{AudioState, CHANNELS, SAMPLE_RATE};
 use playpod_hotpath::ring::{FrameMeta, ReadOutcome, RingReader};
 
 use super::AudioFeed;
-use crate::server::{AppState, MEDIA_HEADER_LEN, not_found, send_or_drop, write_media_header};
+use crate::server::{
+    AppState, Health, MEDIA_HEADER_LEN, not_found, send_or_drop, write_media_header,
+};
 
 /// Media message kind of an audio packet.
 pub const KIND_AUDIO: u8 = 2;
@@ -80,7 +82,7 @@ pub async fn audio(
     };
     ws.on_upgrade(move |socket: WebSocket| async move {
         let (sink, stream) = socket.split();
-        stream_audio(sink, stream, reader, &feed).await;
+        stream_audio(sink, stream, reader, &feed, &app.health).await;
     })
 }
 
@@ -96,6 +98,7 @@ pub async fn stream_audio<S, R>(
     mut incoming: R,
     mut reader: RingReader,
     feed: &AudioFeed,
+    health: &Health,
 ) where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -132,12 +135,7 @@ pub async fn stream_audio<S, R>(
             Some(ReadOutcome::Frame(meta)) => meta,
             None | Some(ReadOutcome::Empty) => continue,
             Some(ReadOutcome::Closed) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: close_code::AWAY,
-                        reason: "the stream has ended".into(),
-                    })))
-                    .await;
+                let _ = sink.send(Message::Close(Some(health.stream_end()))).await;
                 return;
             }
         };

@@ -71,6 +71,9 @@ pub const FRAMEBUFFER_DIR: &str = "/run/playpod/fb";
 pub const PULSE_DIR: &str = "/run/playpod/pulse";
 /// The X socket directory, in both containers.
 pub const X11_DIR: &str = "/tmp/.X11-unix";
+/// How long the streamer waits for the game container's Xvfb (seconds): the kubelet starts a
+/// pod's containers without waiting for one to be up before the next.
+pub const STREAMER_WAIT_FOR_DISPLAY: &str = "60";
 
 /// One session's identity and lifetime: everything that is not configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +280,9 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
         &format!("{FRAMEBUFFER_DIR}/Xvfb_screen0"),
         "--listen",
         &format!("0.0.0.0:{STREAMER_PORT}"),
+        // The game container starts Xvfb beside us: wait for it.
+        "--wait-for-display",
+        STREAMER_WAIT_FOR_DISPLAY,
     ]);
     streamer_args.extend(config.streamer.extra_args.iter().cloned());
     let mut streamer_env = shared_env();
@@ -564,7 +570,9 @@ pub(super) mod tests {
                 "--framebuffer",
                 "/run/playpod/fb/Xvfb_screen0",
                 "--listen",
-                "0.0.0.0:8080"
+                "0.0.0.0:8080",
+                "--wait-for-display",
+                "60"
             ])
         );
         let token_env = streamer["env"]

@@ -24,6 +24,9 @@ pub mod close_code {
     pub const TAKEN_OVER: u16 = 4002;
     /// The game's display cannot be reached, or went away.
     pub const DISPLAY: u16 = 4003;
+    /// The game has ended (its display closed): every socket of the session (video, audio,
+    /// input) closes with it, and the page stops reconnecting.
+    pub const GAME_OVER: u16 = 4004;
     /// The session is ending.
     pub const GOING_AWAY: u16 = 1001;
     /// A message larger than [`super::MAX_READ_MESSAGE`].
@@ -123,12 +126,28 @@ impl Incoming {
     }
 }
 
+/// The most a close frame's reason may hold (RFC 6455: 125 bytes of payload, 2 of them the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to what a close frame holds, at a character boundary: a longer one makes the
+/// frame invalid, and the peer would see no close frame at all (the log has the whole text).
+pub fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Sends a close frame and waits (at most a second) for the peer's, so that the browser sees
 /// the code and reason.
 pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason: close_reason(reason).into(),
     };
     if ws.close(Some(frame)).is_err() {
         return;
@@ -144,4 +163,20 @@ pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
         }
     }
     let _ = ws.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        assert_eq!(close_reason("the game has ended"), "the game has ended");
+        let long = "é".repeat(100); // 200 bytes, two per character
+        let cut = close_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON && cut.len() >= MAX_CLOSE_REASON - 1);
+        assert!(long.starts_with(cut));
+        let exact = "x".repeat(MAX_CLOSE_REASON);
+        assert_eq!(close_reason(&exact), exact);
+    }
 }
