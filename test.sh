@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 need_test_tools
 install_missing
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s (%d s so far)\n' "$*" "$SECONDS"; }
 
 step "format"
 cargo fmt --all --check
