@@ -1,8 +1,8 @@
 //! `playpod pod`: streams a display that someone else started (the game-pod case).
 
-use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
-
 use std::time::{Duration, Instant};
+
+use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
 
 use crate::audio::AudioSource;
 use crate::cli::PodArgs;
@@ -15,12 +15,7 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
     Ok(match (&args.framebuffer, args.shmid) {
         (Some(path), _) => Box::new(FramebufferFile::open(path, w, h)?),
         (None, Some(id)) => Box::new(FramebufferSegment::attach(id, w, h)?),
-        (None, None) => {
-            tracing::info!(
-                "no --framebuffer or --shmid: capturing through MIT-SHM XShmGetImage (one copy per frame)"
-            );
-            Box::new(XShmSource::connect(&args.display, w, h)?)
-        }
+        (None, None) => Box::new(XShmSource::connect(&args.display, w, h)?),
     })
 }
 
@@ -36,7 +31,13 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
         match opened {
             Ok(opened) => {
                 if said {
-                    tracing::info!(display = %args.display, waited_ms = started.elapsed().as_millis() as u64, "the display is up");
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(display = %args.display, waited_ms, "the display is up");
+                }
+                if opened.0.kind() == "xshm" {
+                    tracing::info!(
+                        "no --framebuffer or --shmid: capturing through MIT-SHM XShmGetImage (one copy per frame)"
+                    );
                 }
                 return Ok(opened);
             }
