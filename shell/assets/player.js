@@ -27,17 +27,29 @@
 
   // A socket the server closes with 4004 means the game has ended: the session is over, and
   // no socket of the page (video, audio, input) reconnects after that. Every socket's close
-  // handler asks this; true once the game has ended.
+  // handler asks this; true once the session has ended.
   window.playpodEnded = null;
   window.playpodSessionEnded = (ev) => {
     if (ev.code === 4004 && !window.playpodEnded) {
       window.playpodEnded = ev.reason || 'the game has ended';
       stats.ended = window.playpodEnded;
-      showMessage('The game has ended.');
+      showMessage(window.playpodEnded[0].toUpperCase() + window.playpodEnded.slice(1) + '.');
       window.dispatchEvent(new Event('playpod-ended'));
     }
     return window.playpodEnded !== null;
   };
+
+  // Whether the session is gone: its page answers 404 (its pod was stopped and its route
+  // removed, or the address now serves another session). No answer at all (a restart, a
+  // network cut) is not gone: the page keeps trying.
+  async function sessionGone() {
+    try {
+      const r = await fetch(location.href, { cache: 'no-store' });
+      return r.status === 404;
+    } catch (_) {
+      return false;
+    }
+  }
 
   const nowMicros = () => (performance.timeOrigin + performance.now()) * 1000;
 
@@ -118,13 +130,18 @@
   }
 
   let backoff = 250;
+  // Reconnections in a row that did not open: from the second, ask whether the session is gone.
+  let failures = 0;
   function connect() {
     if (window.playpodEnded) return;
     const socket = new WebSocket(wsBase + 'video');
     socket.binaryType = 'arraybuffer';
     let config = null;
     let prober = null;
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
+      failures = 0;
       backoff = 250;
       probeClock(socket);
       prober = setInterval(() => probeClock(socket), 2000);
@@ -171,8 +188,16 @@
       if (window.playpodSessionEnded(ev)) return;
       stats.reconnects++;
       showMessage(`Disconnected; reconnecting in ${(backoff / 1000).toFixed(1)} s…`);
-      setTimeout(connect, backoff);
+      const wait = backoff;
       backoff = Math.min(backoff * 2, 5000);
+      if (!opened && ++failures >= 2) {
+        sessionGone().then((gone) => {
+          if (gone) window.playpodSessionEnded({ code: 4004, reason: 'the session has ended' });
+          else setTimeout(connect, wait);
+        });
+        return;
+      }
+      setTimeout(connect, wait);
     };
   }
 

@@ -244,6 +244,11 @@ where
     in_chromium_with(move || Served::start(args), check).await;
 }
 
+/// One Chromium test at a time: each streams 60 fps into a browser decoding it, and on a
+/// two-core machine several at once starve each other (seen: audio decoding at 75 % of real
+/// time with five running).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// [`in_chromium`] with the playpod that `start` starts.
 async fn in_chromium_with<S, F>(start: S, check: F)
 where
@@ -251,6 +256,7 @@ where
     F: for<'a> FnOnce(&'a Client, &'a Served) -> BoxFuture<'a, ()>,
 {
     require_browser();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     let profile = tempfile::Builder::new()
         .prefix("playpod-chromium-")
@@ -834,6 +840,105 @@ async fn chromium_says_when_the_game_has_ended() {
             assert_eq!(seen["at"], seen["after"], "a socket reconnected: {seen}");
             assert_eq!(seen["videoConnected"], false, "{seen}");
             assert_eq!(seen["inputConnected"], false, "{seen}");
+        }
+        .boxed()
+    })
+    .await;
+}
+
+/// Answers 404 to every HTTP request on `listener` until `stop`: an address whose route is gone.
+fn answer_404(
+    listener: std::net::TcpListener,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut tcp, _)) => {
+                let _ = tcp.set_nonblocking(false);
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_the_session_is_gone() {
+    // The control plane ends a session (TTL, idle): its pod is stopped and its route removed,
+    // so its address answers 404. The page, failing to reconnect, asks for itself, finds the
+    // 404 and says the session has ended instead of retrying for ever (no answer at all, as
+    // during a restart, keeps it trying).
+    let xvfb = Xvfb::start(320, 240);
+    let _game = start_game(&xvfb.name(), "pong", (320, 240));
+    let (name, fb) = (xvfb.name(), xvfb.framebuffer());
+    let start = move || {
+        let fb = fb.to_str().expect("a UTF-8 path").to_owned();
+        Served::start(&[
+            "pod",
+            "--display",
+            &name,
+            "--framebuffer",
+            &fb,
+            "--size",
+            "320x240",
+        ])
+    };
+    in_chromium_with(start, move |client, served| {
+        async move {
+            client
+                .goto(&format!("{}?player=1", served.url))
+                .await
+                .expect("open the player");
+            let playing = client
+                .execute_async(WAIT_PLAYING, vec![])
+                .await
+                .expect("wait for the game");
+            assert!(playing.get("error").is_none(), "{playing}");
+            let addr = served.origin().trim_start_matches("http://").to_owned();
+            playpod_ffi::terminate(served.child.id()).expect("stop the pod");
+            // Its address now answers 404, as an Ingress does once the session's route is gone.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let listener = loop {
+                match std::net::TcpListener::bind(&addr) {
+                    Ok(listener) => break listener,
+                    Err(err) => {
+                        assert!(Instant::now() < deadline, "{addr} still taken: {err}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let gone = std::thread::spawn({
+                let stop = stop.clone();
+                move || answer_404(listener, stop)
+            });
+            let seen = client
+                .execute_async(WAIT_ENDED, vec![])
+                .await
+                .expect("wait for the end");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            gone.join().expect("the 404 server");
+            eprintln!("after the session was gone: {seen}");
+            assert!(seen.get("error").is_none(), "{seen}");
+            assert_eq!(seen["ended"], "the session has ended", "{seen}");
+            assert_eq!(seen["message"], "The session has ended.", "{seen}");
+            assert_eq!(seen["at"], seen["after"], "a socket reconnected: {seen}");
+            assert_eq!(seen["videoConnected"], false, "{seen}");
         }
         .boxed()
     })
