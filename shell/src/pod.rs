@@ -24,6 +24,12 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
 async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, DisplayWatch)> {
     let wait = Duration::from_secs(args.wait_for_display.into());
     let started = Instant::now();
+    let capture = match (&args.framebuffer, args.shmid) {
+        (Some(path), _) => format!("framebuffer file {}", path.display()),
+        (None, Some(id)) => format!("framebuffer segment {id}"),
+        (None, None) => "XShmGetImage".to_owned(),
+    };
+    tracing::info!(display = %args.display, %capture, "opening the display");
     let mut said = false;
     loop {
         let opened =

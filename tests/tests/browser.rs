@@ -785,15 +785,10 @@ const counts = () => ({ video: window.playpodStats.reconnects,
 })();
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_says_when_the_game_has_ended() {
-    // A game pod whose game exits: its entrypoint stops Xvfb, playpod pod closes every socket
-    // with 4004, and the page says so and stops reconnecting (video, audio and input alike),
-    // instead of retrying a session that is gone.
-    let xvfb = Xvfb::start(320, 240);
-    let game = start_game(&xvfb.name(), "pong", (320, 240));
+/// Starts `playpod pod` on `xvfb`'s framebuffer (320x240), for [`in_chromium_with`].
+fn pod_on(xvfb: &Xvfb) -> impl FnOnce() -> Served + Send + 'static {
     let (name, fb) = (xvfb.name(), xvfb.framebuffer());
-    let start = move || {
+    move || {
         let fb = fb.to_str().expect("a UTF-8 path").to_owned();
         Served::start(&[
             "pod",
@@ -804,18 +799,32 @@ async fn chromium_says_when_the_game_has_ended() {
             "--size",
             "320x240",
         ])
-    };
-    in_chromium_with(start, move |client, served| {
+    }
+}
+
+/// Opens the player as player 1 and waits until it decodes and its input is connected.
+async fn play_as_player_1(client: &Client, served: &Served) {
+    client
+        .goto(&format!("{}?player=1", served.url))
+        .await
+        .expect("open the player");
+    let playing = client
+        .execute_async(WAIT_PLAYING, vec![])
+        .await
+        .expect("wait for the game");
+    assert!(playing.get("error").is_none(), "{playing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_the_game_has_ended() {
+    // A game pod whose game exits: its entrypoint stops Xvfb, playpod pod closes every socket
+    // with 4004, and the page says so and stops reconnecting (video, audio and input alike),
+    // instead of retrying a session that is gone.
+    let xvfb = Xvfb::start(320, 240);
+    let game = start_game(&xvfb.name(), "pong", (320, 240));
+    in_chromium_with(pod_on(&xvfb), move |client, served| {
         async move {
-            client
-                .goto(&format!("{}?player=1", served.url))
-                .await
-                .expect("open the player");
-            let playing = client
-                .execute_async(WAIT_PLAYING, vec![])
-                .await
-                .expect("wait for the game");
-            assert!(playing.get("error").is_none(), "{playing}");
+            play_as_player_1(client, served).await;
             tokio::task::spawn_blocking(move || {
                 drop(game);
                 xvfb.stop();
@@ -885,30 +894,9 @@ async fn chromium_says_when_the_session_is_gone() {
     // during a restart, keeps it trying).
     let xvfb = Xvfb::start(320, 240);
     let _game = start_game(&xvfb.name(), "pong", (320, 240));
-    let (name, fb) = (xvfb.name(), xvfb.framebuffer());
-    let start = move || {
-        let fb = fb.to_str().expect("a UTF-8 path").to_owned();
-        Served::start(&[
-            "pod",
-            "--display",
-            &name,
-            "--framebuffer",
-            &fb,
-            "--size",
-            "320x240",
-        ])
-    };
-    in_chromium_with(start, move |client, served| {
+    in_chromium_with(pod_on(&xvfb), move |client, served| {
         async move {
-            client
-                .goto(&format!("{}?player=1", served.url))
-                .await
-                .expect("open the player");
-            let playing = client
-                .execute_async(WAIT_PLAYING, vec![])
-                .await
-                .expect("wait for the game");
-            assert!(playing.get("error").is_none(), "{playing}");
+            play_as_player_1(client, served).await;
             let addr = served.origin().trim_start_matches("http://").to_owned();
             playpod_ffi::terminate(served.child.id()).expect("stop the pod");
             // Its address now answers 404, as an Ingress does once the session's route is gone.
