@@ -4,8 +4,6 @@
 
 use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,7 +18,6 @@ pub struct DisplayWatch {
     display: String,
     /// A second handle on the connection's socket, to shut it down and wake the thread.
     closer: UnixStream,
-    stopping: Arc<AtomicBool>,
     closed: watch::Receiver<Option<String>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -38,9 +35,7 @@ impl DisplayWatch {
             .try_clone_to_owned()
             .map(UnixStream::from)
             .context("cannot duplicate the X connection's socket")?;
-        let stopping = Arc::new(AtomicBool::new(false));
         let (tx, closed) = watch::channel(None);
-        let thread_stopping = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("playpod-display".into())
             .spawn(move || {
@@ -50,15 +45,13 @@ impl DisplayWatch {
                         break err;
                     }
                 };
-                if !thread_stopping.load(Ordering::Acquire) {
-                    let _ = tx.send(Some(err.to_string()));
-                }
+                // On drop too, where nobody can be waiting any more.
+                let _ = tx.send(Some(err.to_string()));
             })
             .context("cannot start the display watch thread")?;
         Ok(Self {
             display: display.to_owned(),
             closer,
-            stopping,
             closed,
             thread: Some(thread),
         })
@@ -75,7 +68,7 @@ impl DisplayWatch {
         let mut rx = self.closed.clone();
         match rx.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
-            // The thread ended without a word: only on drop, which cannot be while borrowed.
+            // The thread ended without a word: it panicked.
             Err(_) => std::future::pending().await,
         }
     }
@@ -88,7 +81,6 @@ impl DisplayWatch {
 
 impl Drop for DisplayWatch {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
         let _ = self.closer.shutdown(std::net::Shutdown::Both);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

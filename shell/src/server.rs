@@ -30,9 +30,6 @@ use crate::token::token_matches;
 pub const MEDIA_HEADER_LEN: usize = 16;
 /// Media message kinds.
 pub const KIND_VIDEO: u8 = 1;
-/// The close reason of every socket when the game has ended; the page shows it.
-pub const GAME_OVER_REASON: &str = "the game has ended";
-
 /// A viewer whose socket does not take a message for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,7 +97,7 @@ impl Health {
         if self.game_over() {
             CloseFrame {
                 code: close_code::GAME_OVER,
-                reason: GAME_OVER_REASON.into(),
+                reason: close_code::GAME_OVER_REASON.into(),
             }
         } else {
             CloseFrame {

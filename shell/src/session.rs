@@ -313,11 +313,11 @@ pub async fn serve(
         audio,
     } = session;
     if let Err(err) = pipeline.stop() {
-        if state.health.display_ok.load(Ordering::Relaxed) {
-            tracing::error!(%err, "frame thread ended with an error");
-        } else {
+        if state.health.game_over() {
             // Its display went away under it: how the session ended, not a new failure.
             tracing::debug!(%err, "frame thread ended with its display");
+        } else {
+            tracing::error!(%err, "frame thread ended with an error");
         }
     }
     drop((input, audio, state));

@@ -27,6 +27,8 @@ pub mod close_code {
     /// The game has ended (its display closed): every socket of the session (video, audio,
     /// input) closes with it, and the page stops reconnecting.
     pub const GAME_OVER: u16 = 4004;
+    /// The reason [`GAME_OVER`] comes with; the page shows it.
+    pub const GAME_OVER_REASON: &str = "the game has ended";
     /// The session is ending.
     pub const GOING_AWAY: u16 = 1001;
     /// A message larger than [`super::MAX_READ_MESSAGE`].

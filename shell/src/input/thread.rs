@@ -13,7 +13,7 @@ use super::rate::TokenBucket;
 use super::slot::Slot;
 use super::stats::{ErrorKind, InputStats};
 use super::stream::{Incoming, MAX_READ_MESSAGE, PlayerStream, close_code, close_ws, ws_config};
-use crate::server::{GAME_OVER_REASON, Health};
+use crate::server::Health;
 
 /// What a player's thread needs.
 #[derive(Debug, Clone)]
@@ -58,7 +58,10 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
                 format!("player {player} was taken over by another connection"),
             )
         } else if health.game_over() && !matches!(end, End::Closed) {
-            (close_code::GAME_OVER, GAME_OVER_REASON.to_owned())
+            (
+                close_code::GAME_OVER,
+                close_code::GAME_OVER_REASON.to_owned(),
+            )
         } else {
             match end {
                 End::Closed => (0, String::new()),
