@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod g2g;
+pub mod soak;
 
 /// The `playpod` binary of this build profile (`cargo build -p playpod` makes it; the README's
 /// test command does that before the tests).
