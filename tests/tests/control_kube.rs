@@ -434,3 +434,32 @@ async fn unknown_games_touch_nothing() {
     assert!(err.to_string().contains("pong"), "{err}");
     assert!(api.requests().is_empty());
 }
+
+#[tokio::test]
+async fn the_reaper_asks_a_bounded_number_of_streamers_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let api = FakeApi::start().await;
+    let probe = Arc::new(FakeProbe {
+        delay: std::time::Duration::from_millis(20),
+        ..FakeProbe::default()
+    });
+    let sessions = 200;
+    let plane = plane(&api, probe.clone(), sessions);
+    let mut since = None;
+    for i in 0..sessions {
+        let view = plane.create("pong").await.unwrap();
+        let created = since.get_or_insert_with(|| view.created_at.clone()).clone();
+        let ip = format!("10.1.{}.{}", i / 200, i % 200 + 1);
+        api.set_pod_status(&name(&view), ready(&ip, &created));
+        probe.set(&ip, Some(0));
+    }
+    let reaped = plane.reap_once(Timestamp::now()).await.unwrap();
+    assert!(reaped.is_empty(), "{reaped:?}");
+    assert_eq!(probe.probes.load(SeqCst), sessions as usize);
+    let most = probe.most_in_flight.load(SeqCst);
+    assert_eq!(
+        most,
+        playpod::control::plane::PROBES_AT_ONCE,
+        "streamers asked at the same time"
+    );
+}

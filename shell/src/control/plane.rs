@@ -7,6 +7,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -20,6 +21,9 @@ use super::manifests::{self, FIELD_MANAGER, SESSION_SELECTOR, SessionSpec};
 use super::metrics::Metrics;
 use super::probe::ReadyProbe;
 use super::session::{Session, SessionView};
+
+/// Streamers the reaper asks for their readiness at the same time.
+pub const PROBES_AT_ONCE: usize = 64;
 
 /// How transient API failures (5xx, 429, transport) are retried.
 #[derive(Debug, Clone, Copy)]
@@ -382,6 +386,28 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Why session `s` should end at `now`, if it should; asks its streamer whether it is idle.
+    async fn session_verdict(
+        &self,
+        s: &Session,
+        now: Timestamp,
+        idle_limit: u64,
+    ) -> Option<&'static str> {
+        if let Some(reason) = verdict(s, now, &self.config) {
+            return Some(reason);
+        }
+        let ip = s.pod.pod_ip.as_deref()?;
+        match self.probe.probe(ip).await {
+            Ok(r) if r.idle_seconds >= idle_limit => Some(reason::IDLE),
+            Ok(_) => None,
+            Err(err) => {
+                self.metrics.error(&err);
+                tracing::warn!(id = %s.spec.id, %err, "cannot read the session's readiness");
+                None
+            }
+        }
+    }
+
     /// One pass of the reaper at time `now`: rebuilds the view from the cluster, then ends every
     /// session past its TTL, finished, never ready, or idle (asking each ready streamer's
     /// /readyz). Returns the sessions ended, with why.
@@ -389,22 +415,16 @@ impl ControlPlane {
         self.rebuild().await?;
         let sessions: Vec<Session> = self.lock().sessions.values().cloned().collect();
         let idle_limit = u64::from(self.config.idle_minutes) * 60;
-        let verdicts = futures_util::future::join_all(sessions.iter().map(|s| async move {
-            if let Some(reason) = verdict(s, now, &self.config) {
-                return Some(reason);
-            }
-            let ip = s.pod.pod_ip.as_deref()?;
-            match self.probe.probe(ip).await {
-                Ok(r) if r.idle_seconds >= idle_limit => Some(reason::IDLE),
-                Ok(_) => None,
-                Err(err) => {
-                    self.metrics.error(&err);
-                    tracing::warn!(id = %s.spec.id, %err, "cannot read the session's readiness");
-                    None
-                }
-            }
-        }))
-        .await;
+        let asks: Vec<_> = sessions
+            .iter()
+            .map(|s| self.session_verdict(s, now, idle_limit))
+            .collect();
+        // A bounded number at once: thousands of sessions must not become thousands of
+        // connections (and descriptors) in the same instant.
+        let verdicts: Vec<Option<&'static str>> = futures_util::stream::iter(asks)
+            .buffered(PROBES_AT_ONCE)
+            .collect()
+            .await;
         let mut reaped = Vec::new();
         for (session, verdict) in sessions.iter().zip(verdicts) {
             let Some(why) = verdict else { continue };

@@ -339,10 +339,15 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A readiness probe that answers from a table: pod IP -> idle seconds, or an error.
+/// A readiness probe that answers from a table: pod IP -> idle seconds, or an error; after
+/// `delay`, counting the probes in flight.
 #[derive(Debug, Default)]
 pub struct FakeProbe {
     pub answers: Mutex<HashMap<String, Option<u64>>>,
+    pub delay: Duration,
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub most_in_flight: std::sync::atomic::AtomicUsize,
+    pub probes: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeProbe {
@@ -356,8 +361,16 @@ impl FakeProbe {
 
 impl ReadyProbe for FakeProbe {
     fn probe<'a>(&'a self, pod_ip: &'a str) -> BoxFuture<'a, Result<Readiness, Error>> {
+        use std::sync::atomic::Ordering::SeqCst;
         let answer = self.answers.lock().unwrap().get(pod_ip).copied().flatten();
         Box::pin(async move {
+            self.probes.fetch_add(1, SeqCst);
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, SeqCst);
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.in_flight.fetch_sub(1, SeqCst);
             answer
                 .map(|idle_seconds| Readiness {
                     ready: true,
