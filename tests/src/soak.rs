@@ -1,5 +1,6 @@
-//! A soak run: `playpod demo` kept busy by viewers, listeners and players that come and go, for
-//! as long as asked, while its memory, file descriptors, threads and CPU are sampled.
+//! A soak run: `playpod demo` (or `playpod pod` on an Xvfb and game of its own, as in a session's
+//! pod) kept busy by viewers, listeners and players that come and go, for as long as asked,
+//! while its memory, file descriptors, threads and CPU are sampled.
 //!
 //! What keeps it busy, all at once:
 //! - one steady viewer and one steady listener for the whole run, which must miss nothing (no gap
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::Served;
+use crate::{Served, Xvfb, start_game};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -47,8 +48,11 @@ pub struct Options {
     pub warm_up: Duration,
     /// How much the pod's resident memory may grow from the baseline to the end.
     pub max_rss_growth_kib: u64,
-    /// More arguments for `playpod demo`.
-    pub demo_args: Vec<String>,
+    /// Stream with `playpod pod --framebuffer` from an Xvfb and game started here, as in a
+    /// session's pod, instead of `playpod demo` (no audio then).
+    pub pod: bool,
+    /// More arguments for `playpod demo` (or `playpod pod`).
+    pub extra_args: Vec<String>,
 }
 
 /// One look at the pod.
@@ -144,16 +148,33 @@ impl Rng {
 
 /// Runs the soak and returns its report; `Err` only when it could not be run at all.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
-    let display = free_display();
     let before = leftovers();
-    let mut args: Vec<String> = vec!["demo".into(), "--display".into(), display.to_string()];
-    args.extend(options.demo_args.iter().cloned());
+    // In pod mode the X server and the game are this run's, dropped after the pod has ended.
+    let (display, mut args, _screen) = if options.pod {
+        let xvfb = Xvfb::start(768, 768);
+        let game = start_game(&xvfb.name(), "pong", (768, 768));
+        let args: Vec<String> = vec![
+            "pod".into(),
+            "--display".into(),
+            xvfb.name(),
+            "--framebuffer".into(),
+            xvfb.framebuffer().to_string_lossy().into_owned(),
+            "--no-audio".into(),
+        ];
+        (xvfb.display, args, Some((xvfb, game)))
+    } else {
+        let display = free_display();
+        let args = vec!["demo".into(), "--display".into(), display.to_string()];
+        (display, args, None)
+    };
+    args.extend(options.extra_args.iter().cloned());
+    let audio_on = !args.iter().any(|a| a == "--no-audio");
     let mut served = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Served::start(&args)
     })
     .await
-    .map_err(|e| anyhow::anyhow!("starting playpod demo: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("starting playpod: {e}"))?;
     let pid = served.child.id();
     let page = served.url.clone();
     let ws_base = page.replacen("http://", "ws://", 1);
@@ -180,11 +201,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         release.clone(),
         tally.clone(),
     ));
-    let steady_audio = tokio::spawn(steady(format!("{ws_base}audio"), 2, release, tally.clone()));
+    let steady_audio = audio_on
+        .then(|| tokio::spawn(steady(format!("{ws_base}audio"), 2, release, tally.clone())));
     let mut churn = Vec::new();
     for (i, (path, kind)) in [("video", 1u8), ("video", 1), ("audio", 2)]
         .into_iter()
         .enumerate()
+        .filter(|(_, (_, kind))| audio_on || *kind == 1)
     {
         churn.push(tokio::spawn(media_churn(
             format!("{ws_base}{path}"),
@@ -270,9 +293,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let video = steady_video
         .await
         .map_err(|e| anyhow::anyhow!("steady viewer: {e}"))?;
-    let audio = steady_audio
-        .await
-        .map_err(|e| anyhow::anyhow!("steady listener: {e}"))?;
+    let audio = match steady_audio {
+        Some(task) => task
+            .await
+            .map_err(|e| anyhow::anyhow!("steady listener: {e}"))?,
+        None => Steady::default(),
+    };
 
     let seconds = options.duration.as_secs_f64();
     let baseline = samples
@@ -317,7 +343,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         ));
     }
     let min_packets = (seconds * 100.0 * 0.9) as u64;
-    let audio_on = !options.demo_args.iter().any(|a| a == "--no-audio");
     if audio_on && (audio.messages < min_packets || audio.gaps > 0) {
         problems.push(format!(
             "steady listener: {} packets (at least {min_packets} expected), {} gaps",
@@ -347,9 +372,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         status
     })
     .await
-    .map_err(|e| anyhow::anyhow!("stopping playpod demo: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("stopping playpod: {e}"))?;
     if !exit.success() {
-        problems.push(format!("playpod demo exited with {exit} on SIGTERM"));
+        problems.push(format!("playpod exited with {exit} on SIGTERM"));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alive: Vec<u32> = children

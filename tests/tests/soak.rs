@@ -14,7 +14,8 @@ async fn demo_under_churn_keeps_every_frame_and_returns_to_its_baseline() {
         // A short run: this catches gross growth (a leak per connection; the churn makes
         // several hundred), the long run documented in the README catches slow growth.
         max_rss_growth_kib: 4 * 1024,
-        demo_args: Vec::new(),
+        pod: false,
+        extra_args: Vec::new(),
     };
     let report = run(&options).await.expect("run the soak");
     eprintln!("{}", report.json);

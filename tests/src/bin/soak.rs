@@ -1,15 +1,16 @@
-//! A soak run of `playpod demo`: viewers, listeners and both players come and go for `--seconds`
-//! while the pod's memory, file descriptors, threads and CPU are sampled; then every churned
-//! connection must be gone, no key held, nothing grown beyond the limits, and SIGTERM must leave
-//! no process or file behind. Prints a line per sample, then one JSON line; exits 1 if anything
-//! was wrong (each problem printed), 2 on bad arguments.
+//! A soak run of `playpod demo` (or, with `--pod`, of `playpod pod` as in a session's pod):
+//! viewers, listeners and both players come and go for `--seconds` while the pod's memory, file
+//! descriptors, threads and CPU are sampled; then every churned connection must be gone, no key
+//! held, nothing grown beyond the limits, and SIGTERM must leave no process or file behind.
+//! Prints a line per sample, then one JSON line; exits 1 if anything was wrong (each problem
+//! printed), 2 on bad arguments.
 //!
 //! ```text
 //! cargo build --release -p playpod && cargo build --release -p playpod-tests --bin soak
-//! target/release/soak --seconds 3600
+//! target/release/soak --seconds 3600 [--pod] [--arg=--scene=plasma]
 //! ```
 //!
-//! Needs Xvfb and PulseAudio (`./demo.sh` installs them). `./test.sh` runs it for 30 s (the
+//! Needs Xvfb and PulseAudio (`./demo.sh` installs them). `./test.sh` runs it for 20 s (the
 //! `soak` test); the memory check means something only over a long run.
 
 use std::time::Duration;
@@ -33,9 +34,13 @@ struct Args {
     /// How much the pod's resident memory may grow from the baseline to the end, in MiB.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=4096))]
     max_rss_growth_mib: u64,
-    /// Extra arguments for `playpod demo` (e.g. `--demo-arg=--scene=plasma`).
-    #[arg(long = "demo-arg", allow_hyphen_values = true)]
-    demo_args: Vec<String>,
+    /// Stream with `playpod pod --framebuffer` from an Xvfb and the built-in game started here,
+    /// as in a session's pod, instead of `playpod demo` (without audio).
+    #[arg(long)]
+    pod: bool,
+    /// Extra arguments for `playpod demo` or `playpod pod` (e.g. `--arg=--scene=plasma`).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    args: Vec<String>,
     /// Also write the JSON report to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -49,7 +54,8 @@ fn main() -> anyhow::Result<()> {
         sample_every: Duration::from_secs(args.sample_seconds),
         warm_up: Duration::from_secs(args.warm_up_seconds.min(args.seconds)),
         max_rss_growth_kib: args.max_rss_growth_mib * 1024,
-        demo_args: args.demo_args,
+        pod: args.pod,
+        extra_args: args.args,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
