@@ -149,7 +149,8 @@ impl Rng {
 /// Runs the soak and returns its report; `Err` only when it could not be run at all.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let before = leftovers();
-    // In pod mode the X server and the game are this run's, dropped after the pod has ended.
+    // In pod mode the X server and the game are this run's, dropped after the pod has ended
+    // (the game first: tuple fields drop in order).
     let (display, mut args, _screen) = if options.pod {
         let xvfb = Xvfb::start(768, 768);
         let game = start_game(&xvfb.name(), "pong", (768, 768));
@@ -161,7 +162,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             xvfb.framebuffer().to_string_lossy().into_owned(),
             "--no-audio".into(),
         ];
-        (xvfb.display, args, Some((xvfb, game)))
+        (xvfb.display, args, Some((game, xvfb)))
     } else {
         let display = free_display();
         let args = vec!["demo".into(), "--display".into(), display.to_string()];
