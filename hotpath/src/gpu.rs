@@ -140,6 +140,11 @@ impl GpuConverter {
         Ok(())
     }
 
+    /// The picture the last [`GpuConverter::convert`] made.
+    pub fn picture(&self) -> &DevicePicture {
+        &self.picture
+    }
+
     /// Whether frames are read in place (no upload).
     pub fn reads_in_place(&self) -> bool {
         self.in_place

@@ -12,6 +12,7 @@ pub mod audio;
 pub mod capture;
 pub mod clock;
 pub mod convert;
+pub mod damage;
 pub mod encode;
 pub mod gpu;
 pub mod h264;

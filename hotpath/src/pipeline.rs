@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::capture::{CaptureError, FrameSource};
 use crate::clock::FrameClock;
 use crate::convert::{self, ConvertError, I420Frame};
+use crate::damage::ScreenChanges;
 use crate::encode::{EncodeError, EncoderSettings, InputKind, Picture, VideoEncoder};
 use crate::gpu::{GpuConverter, GpuStageError};
 use crate::ring::{PublishError, Ring, RingConfig, RingWriter};
@@ -47,11 +48,47 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// When a tick with nothing new on the screen makes no frame ([`FrameStage::skip_unchanged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unchanged {
+    /// Frames still encoded after the picture last changed (or after an IDR), the same picture
+    /// each time, so the encoder can refine it: on the plasma at 2.5 Mbit/s, PSNR-Y rises from
+    /// 50.2 to 52.3 dB over the 11 frames after motion stops, then stays.
+    pub settle_frames: u32,
+    /// A frame at least this often (ticks) even when nothing changes, so a viewer knows the
+    /// stream is alive.
+    pub refresh_ticks: u32,
+}
+
+impl Unchanged {
+    /// The defaults for `fps`: 15 settling frames, a frame a second.
+    pub fn for_fps(fps: u32) -> Self {
+        Self {
+            settle_frames: 15,
+            refresh_ticks: fps.max(1),
+        }
+    }
+}
+
+/// Skipping state: what was last encoded and how long ago.
+#[derive(Debug)]
+struct SkipState {
+    policy: Unchanged,
+    /// The last picture encoded (host pictures only), swapped with the stage's picture, never
+    /// copied.
+    previous: I420Frame,
+    have_previous: bool,
+    settle_left: u32,
+    since_encoded: u32,
+}
+
 /// Capture -> convert -> encode -> publish, one frame per call. Owns every buffer it uses,
 /// allocated up front; a call allocates nothing.
 pub struct FrameStage {
     source: Box<dyn FrameSource>,
     picture: I420Frame,
+    skip: Option<SkipState>,
+    changes: Option<ScreenChanges>,
     encoder: Box<dyn VideoEncoder>,
     // After the encoder: an encoder's registration of the device picture goes first.
     gpu: Option<GpuConverter>,
@@ -81,6 +118,8 @@ impl FrameStage {
         Self {
             source,
             picture: I420Frame::new(settings.width, settings.height),
+            skip: None,
+            changes: None,
             encoder,
             gpu: None,
             // Twice a slot: an access unit too large for the ring is still encoded whole,
@@ -119,42 +158,132 @@ impl FrameStage {
         self
     }
 
+    /// Makes no frame on a tick when nothing new is on the screen ([`FrameStage::tick`]): the
+    /// same picture as the last one encoded, once `policy.settle_frames` more of it were, and
+    /// no keyframe is wanted. Allocates the second picture this needs now.
+    pub fn skip_unchanged(mut self, policy: Unchanged) -> Self {
+        self.skip = Some(SkipState {
+            policy,
+            previous: I420Frame::new(self.picture.width(), self.picture.height()),
+            have_previous: false,
+            settle_left: 0,
+            since_encoded: 0,
+        });
+        self
+    }
+
+    /// With [`FrameStage::skip_unchanged`], a tick on which `changes` says nothing was drawn
+    /// is skipped before capture too.
+    pub fn with_screen_changes(mut self, changes: ScreenChanges) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
     /// Whether anyone is reading the ring.
     pub fn has_readers(&self) -> bool {
         self.writer.readers() > 0
     }
 
-    /// Makes one frame. `ready` is when the frame was due; `capture_us` goes on the wire.
+    /// Makes one frame, whatever is on the screen. `ready` is when the frame was due;
+    /// `capture_us` goes on the wire.
     pub fn run_once(
         &mut self,
         ready: Instant,
         capture_us: u64,
     ) -> Result<FrameReport, PipelineError> {
-        let stats = &*self.stats;
+        let want_key = self.writer.take_keyframe_request();
+        let host = self.capture()?;
+        let same = self.same_as_encoded(host, true);
+        self.encode_and_publish(ready, capture_us, want_key, host, same)
+    }
+
+    /// One tick of the frame clock: like [`FrameStage::run_once`], but with
+    /// [`FrameStage::skip_unchanged`] nothing is encoded or sent (`Ok(None)`) when nothing
+    /// new is on the screen.
+    pub fn tick(
+        &mut self,
+        ready: Instant,
+        capture_us: u64,
+    ) -> Result<Option<FrameReport>, PipelineError> {
+        let Some(skip) = &mut self.skip else {
+            return self.run_once(ready, capture_us).map(Some);
+        };
+        let want_key = self.writer.take_keyframe_request();
+        skip.since_encoded = skip.since_encoded.saturating_add(1);
+        let due =
+            want_key || skip.settle_left > 0 || skip.since_encoded >= skip.policy.refresh_ticks;
+        // Without damage tracking, anything may have been drawn.
+        let drawn = self.changes.as_ref().is_none_or(ScreenChanges::take);
+        if !due && !drawn {
+            bump(&self.stats.frames_unchanged, 1);
+            return Ok(None);
+        }
+        let host = self.capture()?;
+        let same = self.same_as_encoded(host, drawn);
+        if same && !due {
+            bump(&self.stats.frames_unchanged, 1);
+            return Ok(None);
+        }
+        self.encode_and_publish(ready, capture_us, want_key, host, same)
+            .map(Some)
+    }
+
+    /// Captures and converts the current picture; `true` when it is in host memory.
+    fn capture(&mut self) -> Result<bool, PipelineError> {
         let convert_start = Instant::now();
-        let picture = match (&mut self.gpu, self.encoder.input()) {
+        let host = match (&mut self.gpu, self.encoder.input()) {
             (None, InputKind::HostI420) => {
                 let frame = self.source.grab()?;
                 convert::bgrx_to_i420(&frame, &mut self.picture)?;
-                Picture::Host(&self.picture)
+                true
             }
             (Some(gpu), InputKind::HostI420) => {
                 gpu.convert_to_host(&mut *self.source, &mut self.picture)?;
-                Picture::Host(&self.picture)
+                true
             }
-            (Some(gpu), InputKind::DeviceNv12) => Picture::Device(gpu.convert(&mut *self.source)?),
+            (Some(gpu), InputKind::DeviceNv12) => {
+                gpu.convert(&mut *self.source)?;
+                false
+            }
             (None, InputKind::DeviceNv12) => return Err(EncodeError::WrongInput.into()),
         };
-        bump(&stats.frames_captured, 1);
-        let encode_start = Instant::now();
-        stats
+        bump(&self.stats.frames_captured, 1);
+        self.stats
             .convert_time
-            .record(micros(encode_start - convert_start));
+            .record(micros(convert_start.elapsed()));
+        Ok(host)
+    }
 
-        let want_key = self.writer.take_keyframe_request();
+    /// Whether the picture just captured is the one last encoded. A host picture is compared
+    /// (the early difference of a moving picture ends the comparison at once); on the GPU
+    /// only the X server's damage tells.
+    fn same_as_encoded(&self, host: bool, drawn: bool) -> bool {
+        match &self.skip {
+            Some(skip) if host => {
+                skip.have_previous && skip.previous.as_bytes() == self.picture.as_bytes()
+            }
+            Some(_) => !drawn,
+            None => false,
+        }
+    }
+
+    fn encode_and_publish(
+        &mut self,
+        ready: Instant,
+        capture_us: u64,
+        want_key: bool,
+        host: bool,
+        same: bool,
+    ) -> Result<FrameReport, PipelineError> {
+        let stats = &*self.stats;
+        let encode_start = Instant::now();
         if want_key {
             bump(&stats.keyframe_requests, 1);
         }
+        let picture = match (&self.gpu, host) {
+            (Some(gpu), false) => Picture::Device(gpu.picture()),
+            _ => Picture::Host(&self.picture),
+        };
         self.out.clear();
         let encoded = self.encoder.encode(picture, want_key, &mut self.out)?;
         stats.encode_time.record(micros(encode_start.elapsed()));
@@ -162,6 +291,18 @@ impl FrameStage {
         bump(&stats.bytes_encoded, encoded.len as u64);
         if encoded.keyframe {
             bump(&stats.keyframes, 1);
+        }
+        if let Some(skip) = &mut self.skip {
+            skip.since_encoded = 0;
+            if !same || encoded.keyframe {
+                skip.settle_left = skip.policy.settle_frames;
+            } else {
+                skip.settle_left = skip.settle_left.saturating_sub(1);
+            }
+            if host {
+                std::mem::swap(&mut skip.previous, &mut self.picture);
+                skip.have_previous = true;
+            }
         }
         let seq = match self.writer.publish(encoded.keyframe, capture_us, &self.out) {
             Ok(seq) => {
@@ -281,7 +422,201 @@ fn frame_loop(
         if !config.always_encode && !stage.has_readers() {
             continue;
         }
-        stage.run_once(tick.deadline, unix_micros())?;
+        stage.tick(tick.deadline, unix_micros())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU8, AtomicU64};
+
+    use super::*;
+    use crate::convert::BgrxFrame;
+    use crate::encode::Openh264Encoder;
+    use crate::ring::ReadOutcome;
+    use crate::stats::PipelineStats;
+
+    const W: u32 = 64;
+    const H: u32 = 48;
+
+    /// A screen of one grey level, set from outside; counts how often it is read.
+    struct Screen {
+        level: Arc<AtomicU8>,
+        grabs: Arc<AtomicU64>,
+        bytes: Vec<u8>,
+    }
+
+    impl FrameSource for Screen {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+
+        fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError> {
+            self.grabs.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fill(self.level.load(Ordering::Relaxed));
+            Ok(BgrxFrame {
+                bytes: &self.bytes,
+                width: W,
+                height: H,
+                stride: W as usize * 4,
+            })
+        }
+    }
+
+    struct Rig {
+        stage: FrameStage,
+        ring: Ring,
+        stats: Arc<PipelineStats>,
+        level: Arc<AtomicU8>,
+        grabs: Arc<AtomicU64>,
+    }
+
+    const POLICY: Unchanged = Unchanged {
+        settle_frames: 3,
+        refresh_ticks: 10,
+    };
+
+    fn rig(changes: Option<ScreenChanges>) -> Rig {
+        let settings = EncoderSettings {
+            width: W,
+            height: H,
+            fps: 60,
+            bitrate_bps: 300_000,
+        };
+        let level = Arc::new(AtomicU8::new(10));
+        let grabs = Arc::new(AtomicU64::new(0));
+        let screen = Screen {
+            level: level.clone(),
+            grabs: grabs.clone(),
+            bytes: vec![0; (W * H * 4) as usize],
+        };
+        let (stage, ring, stats) = FrameStage::with_ring(
+            Box::new(screen),
+            Box::new(Openh264Encoder::new(settings).unwrap()),
+            settings,
+        );
+        let stage = stage.skip_unchanged(POLICY);
+        let stage = match changes {
+            Some(changes) => stage.with_screen_changes(changes),
+            None => stage,
+        };
+        Rig {
+            stage,
+            ring,
+            stats,
+            level,
+            grabs,
+        }
+    }
+
+    impl Rig {
+        /// Ticks `n` times; which of them made a frame.
+        fn ticks(&mut self, n: usize) -> Vec<bool> {
+            (0..n)
+                .map(|_| {
+                    self.stage
+                        .tick(Instant::now(), unix_micros())
+                        .unwrap()
+                        .is_some()
+                })
+                .collect()
+        }
+    }
+
+    fn count(made: &[bool]) -> usize {
+        made.iter().filter(|m| **m).count()
+    }
+
+    #[test]
+    fn an_unchanged_picture_settles_then_is_sent_once_per_refresh() {
+        let mut r = rig(None);
+        // First frame, then the settling frames of the same picture, then nothing until the
+        // refresh tick.
+        let made = r.ticks(1 + 3 + 10);
+        assert_eq!(made[..4], [true; 4], "{made:?}");
+        assert_eq!(made[4..13], [false; 9], "{made:?}");
+        assert!(
+            made[13],
+            "the refresh frame, a second after the last: {made:?}"
+        );
+        // Every tick read the screen (no damage tracking), only 5 were encoded.
+        assert_eq!(r.grabs.load(Ordering::Relaxed), 14);
+        assert_eq!(r.stats.frames_encoded.load(Ordering::Relaxed), 5);
+        assert_eq!(r.stats.frames_unchanged.load(Ordering::Relaxed), 9);
+        assert_eq!(r.stats.frames_published.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_change_is_sent_at_once_and_settles_again() {
+        let mut r = rig(None);
+        r.ticks(20);
+        r.level.store(200, Ordering::Relaxed);
+        let made = r.ticks(5);
+        assert_eq!(made, [true, true, true, true, false], "change + 3 settling");
+        // A picture changing on every tick is sent on every tick.
+        let mut changing = Vec::new();
+        for n in 0..30u8 {
+            r.level.store(n * 7, Ordering::Relaxed);
+            changing.extend(r.ticks(1));
+        }
+        assert_eq!(count(&changing), 30);
+    }
+
+    #[test]
+    fn a_keyframe_request_is_served_on_an_unchanged_screen() {
+        let mut r = rig(None);
+        let mut reader = r.ring.subscribe().unwrap();
+        r.ticks(8);
+        let mut out = Vec::new();
+        while !matches!(reader.try_read(&mut out), ReadOutcome::Empty) {}
+        // A new viewer asks; the next tick makes an IDR although nothing changed, and the
+        // IDR settles too (it is the new viewer's first picture).
+        r.ring.request_keyframe();
+        let made = r.ticks(5);
+        assert_eq!(made, [true, true, true, true, false]);
+        out.clear();
+        match reader.try_read(&mut out) {
+            ReadOutcome::Frame(meta) => assert!(meta.keyframe, "{meta:?}"),
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_damage_nothing_drawn_means_nothing_read() {
+        let changes = ScreenChanges::new();
+        let mut r = rig(Some(changes.clone()));
+        let made = r.ticks(1 + 3 + 8);
+        assert_eq!(count(&made), 4);
+        // The first tick (flag raised at start) and the settling ticks read the screen; the
+        // eight after did not.
+        assert_eq!(r.grabs.load(Ordering::Relaxed), 4);
+        assert_eq!(r.stats.frames_unchanged.load(Ordering::Relaxed), 8);
+        // Drawn, but the same picture: read, not encoded.
+        changes.mark();
+        assert_eq!(r.ticks(1), [false]);
+        assert_eq!(r.grabs.load(Ordering::Relaxed), 5);
+        // The refresh tick reads and sends even without damage.
+        assert_eq!(r.ticks(1), [true]);
+        // Drawn and changed: sent.
+        r.ticks(10);
+        r.level.store(99, Ordering::Relaxed);
+        changes.mark();
+        assert_eq!(r.ticks(1), [true]);
+        // A change with no damage reported is not seen until the server reports it: the
+        // frame thread trusts the X server (what it draws, it reports).
+        r.ticks(3);
+        r.level.store(150, Ordering::Relaxed);
+        assert_eq!(r.ticks(2), [false, false]);
+    }
+
+    #[test]
+    fn run_once_always_makes_a_frame() {
+        let mut r = rig(None);
+        for _ in 0..20 {
+            r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        }
+        assert_eq!(r.stats.frames_encoded.load(Ordering::Relaxed), 20);
+        assert_eq!(r.stats.frames_unchanged.load(Ordering::Relaxed), 0);
+    }
 }

@@ -91,6 +91,9 @@ pub struct PipelineStats {
     pub frames_captured: AtomicU64,
     pub frames_encoded: AtomicU64,
     pub frames_published: AtomicU64,
+    /// Ticks with nothing new on the screen: nothing encoded or sent (and, when the X server
+    /// reported no damage, nothing captured either).
+    pub frames_unchanged: AtomicU64,
     /// Ticks skipped because the frame thread was late.
     pub frames_dropped_late: AtomicU64,
     /// Access units too large for a ring slot.
@@ -114,6 +117,7 @@ impl Default for PipelineStats {
             frames_captured: AtomicU64::new(0),
             frames_encoded: AtomicU64::new(0),
             frames_published: AtomicU64::new(0),
+            frames_unchanged: AtomicU64::new(0),
             frames_dropped_late: AtomicU64::new(0),
             frames_dropped_oversize: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),

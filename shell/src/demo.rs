@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::audio::AudioSource;
 use crate::audio::daemon::{self, PulseDaemon, PulseHome};
 use crate::cli::{DemoArgs, LogFormat};
+use crate::display::DisplayWatch;
 use crate::game::Scene;
 use crate::session::{self, Session};
 
@@ -389,7 +390,10 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "game",
             game_command(&args, log_format, display, pulse_server.as_deref())?,
         )?;
-        let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
+        // Only for the damage: the demo watches its Xvfb as its child.
+        let watch = DisplayWatch::start(&screen, !args.stream.every_frame)?;
+        let mut session =
+            Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio)?;
         // Players' keys go into the demo's own virtual screen, where the game reads them.
         session.start_input(&screen, &args.stream, tls.as_ref())?;
         let mut died = None;

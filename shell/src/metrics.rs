@@ -120,6 +120,12 @@ impl Collector for SessionCollector {
             "Access units put in the broadcast ring.",
             load(&s.frames_published),
         )?;
+        counter(
+            &mut enc,
+            "frames_unchanged",
+            "Ticks with nothing new on the screen: nothing encoded or sent.",
+            load(&s.frames_unchanged),
+        )?;
         {
             // Every way a frame is lost before the ring, one series per reason, all always
             // present (a zero is a fact too). A capture, conversion or encoder error is not

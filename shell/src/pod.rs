@@ -32,8 +32,10 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
     tracing::info!(display = %args.display, %capture, "opening the display");
     let mut said = false;
     loop {
-        let opened =
-            open_source(args).and_then(|source| Ok((source, DisplayWatch::start(&args.display)?)));
+        let opened = open_source(args).and_then(|source| {
+            let watch = DisplayWatch::start(&args.display, !args.stream.every_frame)?;
+            Ok((source, watch))
+        });
         match opened {
             Ok(opened) => {
                 if said {
@@ -91,7 +93,8 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
             AudioSource::Off
         }
     };
-    let mut session = Session::start_with_audio(source, &args.stream, &audio)?;
+    let mut session =
+        Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio)?;
     // Players' keys go into the display the pod streams.
     session.start_input(&args.display, &args.stream, tls.as_ref())?;
     let health = session.state.health.clone();

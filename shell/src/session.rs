@@ -10,9 +10,10 @@ use anyhow::{Context as _, bail};
 use playpod_ffi::cuda::ChromaLayout;
 use playpod_hotpath::audio::AudioPipeline;
 use playpod_hotpath::capture::FrameSource;
+use playpod_hotpath::damage::ScreenChanges;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
 use playpod_hotpath::gpu::{GpuChoice, GpuConverter, NvencEncoder};
-use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig};
+use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig, Unchanged};
 
 use crate::audio::AudioSource;
 use crate::cli::{EncoderChoice, StreamArgs};
@@ -112,15 +113,17 @@ fn pin_core(args: &StreamArgs) -> Option<usize> {
 }
 
 impl Session {
-    /// Starts the frame thread over `source`, with no audio.
+    /// Starts the frame thread over `source`, with no audio and no damage tracking.
     pub fn start(source: Box<dyn FrameSource>, args: &StreamArgs) -> anyhow::Result<Self> {
-        Self::start_with_audio(source, args, &AudioSource::Off)
+        Self::start_with_audio(source, None, args, &AudioSource::Off)
     }
 
     /// Starts the frame thread over `source`, and the audio threads recording `audio`
-    /// (unless `--no-audio`).
+    /// (unless `--no-audio`). `changes`, when the display's damage is tracked, lets the frame
+    /// thread skip reading the screen when nothing was drawn.
     pub fn start_with_audio(
         source: Box<dyn FrameSource>,
+        changes: Option<ScreenChanges>,
         args: &StreamArgs,
         audio: &AudioSource,
     ) -> anyhow::Result<Self> {
@@ -158,6 +161,20 @@ impl Session {
         let stage = match converter {
             Some(converter) => stage.with_gpu_converter(converter),
             None => stage,
+        };
+        let stage = if args.every_frame {
+            tracing::info!("--every-frame: a frame on every tick, changed or not");
+            stage
+        } else {
+            tracing::info!(
+                damage = changes.is_some(),
+                "frames are made when the picture changes (and once a second)"
+            );
+            let stage = stage.skip_unchanged(Unchanged::for_fps(args.fps));
+            match changes {
+                Some(changes) => stage.with_screen_changes(changes),
+                None => stage,
+            }
         };
         let pipeline = Pipeline::spawn(
             stage,

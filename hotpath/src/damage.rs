@@ -1,0 +1,116 @@
+//! Whether anything was drawn on the screen since the frame thread last looked, from the X
+//! server's DAMAGE extension. A tick with nothing drawn is skipped before capture: a paused,
+//! turn-based or waiting game costs the frame thread nothing.
+//!
+//! The X connection lives on another thread (the one watching the display, which waits for
+//! events anyway); the frame thread only swaps an atomic flag. On each notification that thread
+//! empties the damage region and waits for the server to have done so *before* raising the
+//! flag, so every drawing either happened before the flag was raised (and the frame captured
+//! after it includes it) or damages the empty region again and raises the flag anew: no drawing
+//! is ever left out of the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use x11rb::connection::Connection;
+use x11rb::errors::{ReplyError, ReplyOrIdError};
+use x11rb::protocol::Event;
+use x11rb::protocol::damage::{self, ConnectionExt as _, ReportLevel};
+use x11rb::protocol::xproto::{ConnectionExt as _, Window};
+
+/// A flag raised when something was drawn, taken by the frame thread. Cloned handles share it.
+#[derive(Debug, Clone)]
+pub struct ScreenChanges(Arc<AtomicBool>);
+
+impl Default for ScreenChanges {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScreenChanges {
+    /// Starts raised: the first tick always captures.
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Something was drawn.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether something was drawn since the last call; lowers the flag.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Tracks drawing on a root window for a [`ScreenChanges`].
+#[derive(Debug)]
+pub struct DamageTracker {
+    damage: damage::Damage,
+    changes: ScreenChanges,
+}
+
+impl DamageTracker {
+    /// Starts tracking drawing anywhere on `root` (its inferiors included). `Ok(None)` when the
+    /// server has no DAMAGE extension; then nothing can be skipped.
+    pub fn start<C: Connection>(
+        conn: &C,
+        root: Window,
+        changes: ScreenChanges,
+    ) -> Result<Option<Self>, ReplyOrIdError> {
+        if conn
+            .extension_information(damage::X11_EXTENSION_NAME)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        // The extension answers nothing before its version is asked.
+        conn.damage_query_version(1, 1)?.reply()?;
+        let damage = conn.generate_id()?;
+        // One notification each time the region goes from empty to not: at most one per
+        // drawing after each `subtract`, however much is drawn.
+        conn.damage_create(damage, root, ReportLevel::NON_EMPTY)?
+            .check()?;
+        changes.mark();
+        Ok(Some(Self { damage, changes }))
+    }
+
+    /// The flag this tracker raises.
+    pub fn changes(&self) -> ScreenChanges {
+        self.changes.clone()
+    }
+
+    /// Handles one event of the connection; others than damage notifications are ignored.
+    pub fn handle<C: Connection>(&self, conn: &C, event: &Event) -> Result<(), ReplyError> {
+        let Event::DamageNotify(notify) = event else {
+            return Ok(());
+        };
+        if notify.damage != self.damage {
+            return Ok(());
+        }
+        conn.damage_subtract(self.damage, x11rb::NONE, x11rb::NONE)?;
+        // A round trip: the server has emptied the region, so whatever it draws from now on
+        // notifies again, and all it drew before is in its framebuffer.
+        conn.get_input_focus()?.reply()?;
+        self.changes.mark();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_starts_raised_and_is_taken_once() {
+        let changes = ScreenChanges::new();
+        let seen_by_thread = changes.clone();
+        assert!(changes.take(), "the first tick captures");
+        assert!(!changes.take());
+        seen_by_thread.mark();
+        assert!(changes.take());
+        assert!(!changes.take());
+    }
+}

@@ -1,0 +1,379 @@
+//! Unchanged screens cost next to nothing: with a real Xvfb and its DAMAGE extension, ticks on
+//! which nothing was drawn neither read the screen nor encode, and still no drawing is left out
+//! of the stream; `playpod pod` under a paused game sends a frame a second, not sixty.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use playpod::display::DisplayWatch;
+use playpod_hotpath::capture::{CaptureError, FrameSource, FramebufferFile};
+use playpod_hotpath::convert::BgrxFrame;
+use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
+use playpod_hotpath::pipeline::{FrameStage, Unchanged, unix_micros};
+use playpod_hotpath::ring::ReadOutcome;
+use playpod_tests::{Served, Xvfb, have, start_game};
+use tokio_tungstenite::tungstenite::Message;
+use x11rb::connection::Connection as _;
+use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, CreateGCAux, Rectangle};
+
+const W: u32 = 320;
+const H: u32 = 240;
+
+/// The framebuffer, read in place, noting the colour at the top-left corner of each read.
+struct Watched {
+    inner: FramebufferFile,
+    last_read: Arc<AtomicU32>,
+    reads: Arc<AtomicU64>,
+}
+
+impl FrameSource for Watched {
+    fn kind(&self) -> &'static str {
+        "fbdir"
+    }
+
+    fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError> {
+        let frame = self.inner.grab()?;
+        let px = &frame.bytes[..4];
+        let rgb = u32::from(px[2]) << 16 | u32::from(px[1]) << 8 | u32::from(px[0]);
+        self.last_read.store(rgb, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(frame)
+    }
+}
+
+/// Round `k`'s colour, 0xRRGGBB; no two rounds alike.
+fn colour(k: u32) -> u32 {
+    ((k * 53 + 40) % 256) << 16 | ((k * 97 + 20) % 256) << 8 | ((k * 29 + 60) % 256)
+}
+
+#[test]
+fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
+    assert!(
+        have("ffmpeg"),
+        "ffmpeg is needed as the independent decoder (apt-get install ffmpeg)"
+    );
+    const ROUNDS: u32 = 40;
+    const SETTLE: u32 = 2;
+    let xvfb = Xvfb::start(W, H);
+    let watch = DisplayWatch::start(&xvfb.name(), true).expect("watch the display");
+    let changes = watch.screen_changes().expect("Xvfb has DAMAGE");
+
+    let settings = EncoderSettings {
+        width: W,
+        height: H,
+        fps: 60,
+        bitrate_bps: 500_000,
+    };
+    let last_read = Arc::new(AtomicU32::new(u32::MAX));
+    let reads = Arc::new(AtomicU64::new(0));
+    let source = Watched {
+        inner: FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap(),
+        last_read: last_read.clone(),
+        reads: reads.clone(),
+    };
+    let (stage, ring, stats) = FrameStage::with_ring(
+        Box::new(source),
+        Box::new(Openh264Encoder::new(settings).unwrap()),
+        settings,
+    );
+    // No refresh frames: every frame after the settling ones must come from damage.
+    let mut stage = stage
+        .skip_unchanged(Unchanged {
+            settle_frames: SETTLE,
+            refresh_ticks: u32::MAX,
+        })
+        .with_screen_changes(changes);
+    let mut reader = ring.subscribe().unwrap();
+    let mut stream = Vec::new();
+    let mut tick = |stream: &mut Vec<u8>| {
+        stage.tick(Instant::now(), unix_micros()).expect("tick");
+        while let ReadOutcome::Frame(_) = reader.try_read(stream) {}
+    };
+
+    // The drawer: fills the screen with round k's colour at a random moment against the
+    // ticks, and says so once the server has drawn it.
+    let drawn = Arc::new(AtomicU32::new(0));
+    let (next_tx, next_rx) = std::sync::mpsc::channel::<()>();
+    let drawer = {
+        let (display, drawn) = (xvfb.name(), drawn.clone());
+        std::thread::spawn(move || {
+            let (conn, screen) = x11rb::connect(Some(&display)).expect("connect");
+            let root = conn.setup().roots[screen].root;
+            let gc = conn.generate_id().unwrap();
+            conn.create_gc(gc, root, &CreateGCAux::new()).unwrap();
+            let mut seed = 0x9e37_79b9_u32;
+            for k in 1..=ROUNDS {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                std::thread::sleep(Duration::from_micros(u64::from(seed % 8000)));
+                conn.change_gc(gc, &ChangeGCAux::new().foreground(colour(k)))
+                    .unwrap();
+                let all = Rectangle {
+                    x: 0,
+                    y: 0,
+                    width: W as u16,
+                    height: H as u16,
+                };
+                conn.poly_fill_rectangle(root, gc, &[all]).unwrap();
+                conn.get_input_focus().unwrap().reply().unwrap();
+                drawn.store(k, Ordering::Release);
+                if next_rx.recv().is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut ticks = 0u64;
+    for k in 1..=ROUNDS {
+        // Tick (every 2 ms) until round k is drawn, then 20 ticks more.
+        let started = Instant::now();
+        while drawn.load(Ordering::Acquire) < k {
+            assert!(started.elapsed() < Duration::from_secs(10), "round {k}");
+            tick(&mut stream);
+            ticks += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let published = stats.frames_published.load(Ordering::Relaxed);
+        for _ in 0..20 {
+            tick(&mut stream);
+            ticks += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(
+            last_read.load(Ordering::Relaxed),
+            colour(k),
+            "round {k}: the last picture read is not the one drawn"
+        );
+        assert!(
+            stats.frames_published.load(Ordering::Relaxed) > published,
+            "round {k}: the drawing was not sent"
+        );
+        let _ = next_tx.send(());
+    }
+    drop(next_tx);
+    drawer.join().unwrap();
+
+    // Nothing drawn any more: once the settling frames are out, ticks read nothing.
+    for _ in 0..=SETTLE {
+        tick(&mut stream);
+    }
+    let (reads_idle, encoded_idle) = (
+        reads.load(Ordering::Relaxed),
+        stats.frames_encoded.load(Ordering::Relaxed),
+    );
+    for _ in 0..100 {
+        tick(&mut stream);
+        ticks += 1;
+    }
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        reads_idle,
+        "the screen was read with nothing drawn"
+    );
+    assert_eq!(
+        stats.frames_encoded.load(Ordering::Relaxed),
+        encoded_idle,
+        "frames were encoded with nothing drawn"
+    );
+    let encoded = stats.frames_encoded.load(Ordering::Relaxed);
+    println!(
+        "{ticks} ticks: {} reads, {encoded} frames encoded, {} unchanged",
+        reads.load(Ordering::Relaxed),
+        stats.frames_unchanged.load(Ordering::Relaxed)
+    );
+    assert!(
+        encoded < ticks / 4,
+        "{encoded} frames for {ticks} ticks: the unchanged ones were encoded"
+    );
+
+    // An independent decoder shows the last colour drawn at the end of the stream.
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ffmpeg");
+    let mut stdin = ffmpeg.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&stream));
+    let out = ffmpeg.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "ffmpeg failed to decode our stream");
+    let size = (W * H * 3) as usize;
+    assert_eq!(
+        out.stdout.len() / size,
+        encoded as usize,
+        "every frame decodes"
+    );
+    let last = &out.stdout[out.stdout.len() - size..];
+    let centre = ((H / 2 * W + W / 2) * 3) as usize;
+    let want = colour(ROUNDS).to_be_bytes();
+    for (c, (got, want)) in last[centre..centre + 3].iter().zip(&want[1..]).enumerate() {
+        assert!(
+            got.abs_diff(*want) <= 8,
+            "channel {c} of the last decoded frame: {got}, drawn {want}"
+        );
+    }
+}
+
+/// `playpod pod` over a real game: frames per second a viewer gets, and the metrics.
+struct PausedRig {
+    served: Served,
+    game: playpod_tests::Guard,
+    _xvfb: Xvfb,
+}
+
+impl PausedRig {
+    fn start(extra: &[&str]) -> Self {
+        let xvfb = Xvfb::start(W, H);
+        let game = start_game(&xvfb.name(), "pong", (W, H));
+        let fb = xvfb.framebuffer();
+        let mut args = vec![
+            "pod",
+            "--display",
+            &xvfb.name(),
+            "--framebuffer",
+            fb.to_str().unwrap(),
+            "--size",
+            "320x240",
+            "--no-audio",
+            "--no-pin",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self {
+            served: Served::start(&args),
+            game,
+            _xvfb: xvfb,
+        }
+    }
+
+    fn signal_game(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.game.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal}");
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.served.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+}
+
+/// Counts the video frames that arrive in each of the windows, back to back, running `between`
+/// before each window.
+async fn frames_in_windows(
+    rig: &PausedRig,
+    windows: &[(Duration, Option<&str>)],
+) -> Vec<(u64, f64, f64)> {
+    let url = rig.served.url.replacen("http://", "ws://", 1) + "video";
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("video socket");
+    // Into the stream first.
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if matches!(msg, Message::Binary(_)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(first.is_ok(), "no video within 10 s");
+    let mut counts = Vec::new();
+    for (length, signal) in windows {
+        if let Some(signal) = signal {
+            rig.signal_game(signal);
+            // The game's last drawing and the settling frames go by first.
+            let end = tokio::time::Instant::now() + Duration::from_millis(600);
+            while tokio::time::timeout_at(end, ws.next()).await.is_ok() {}
+        }
+        let captured = rig.metric("playpod_frames_captured_total");
+        let unchanged = rig.metric("playpod_frames_unchanged_total");
+        let end = tokio::time::Instant::now() + *length;
+        let mut n = 0;
+        while let Ok(msg) = tokio::time::timeout_at(end, ws.next()).await {
+            match msg {
+                Some(Ok(Message::Binary(_))) => n += 1,
+                Some(Ok(_)) => {}
+                other => panic!("the video ended: {other:?}"),
+            }
+        }
+        counts.push((
+            n,
+            rig.metric("playpod_frames_captured_total") - captured,
+            rig.metric("playpod_frames_unchanged_total") - unchanged,
+        ));
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_game_is_sent_once_a_second_and_resumes_at_once() {
+    let rig = PausedRig::start(&[]);
+    let counts = frames_in_windows(
+        &rig,
+        &[
+            (Duration::from_secs(2), None),
+            (Duration::from_secs(3), Some("-STOP")),
+            (Duration::from_secs(2), Some("-CONT")),
+        ],
+    )
+    .await;
+    println!("(frames, screen reads, unchanged ticks) per window: {counts:?}");
+    let [
+        (running, _, _),
+        (paused, paused_reads, paused_skips),
+        (resumed, _, _),
+    ] = counts[..]
+    else {
+        unreachable!()
+    };
+    assert!(running > 60, "{running} frames in 2 s of play");
+    // One a second while paused, and the screen is read only for those (DAMAGE: nothing
+    // drawn).
+    assert!(
+        (1..=5).contains(&paused),
+        "{paused} frames in 3 s of a paused game (want ~3, one a second)"
+    );
+    assert!(
+        paused_reads <= 5.0,
+        "the screen was read {paused_reads} times in 3 s with nothing drawn"
+    );
+    assert!(
+        paused_skips > 120.0,
+        "{paused_skips} unchanged ticks counted in 3 s"
+    );
+    assert!(
+        resumed > 60,
+        "{resumed} frames in 2 s after the game resumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_sends_a_paused_game_on_every_tick() {
+    let rig = PausedRig::start(&["--every-frame"]);
+    let counts = frames_in_windows(&rig, &[(Duration::from_secs(2), Some("-STOP"))]).await;
+    rig.signal_game("-CONT");
+    let (paused, _, skipped) = counts[0];
+    assert!(
+        paused > 60,
+        "{paused} frames in 2 s of a paused game with --every-frame"
+    );
+    assert_eq!(skipped, 0.0, "--every-frame skipped ticks");
+}
