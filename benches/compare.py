@@ -13,6 +13,15 @@ stamped, no quality scores), 768x768 at 60 fps, 2.5 Mbit/s:
     histogram_quantile), and whether every viewer got every frame.
 
     benches/compare.sh [--seconds 15] [--rounds 2] [--fanout 1,10,50 | --no-fanout] [--scene plasma]
+                       [--paused]
+
+`--paused` stops the game (SIGSTOP) once it has drawn its first second: a paused game, the
+picture still. playpod then sends a frame a second (nothing drawn: X DAMAGE; nothing encoded);
+a third row runs it with `--every-frame`, encoding every tick as FFmpeg does.
+
+Frames per second and CPU per frame count the stream's ticks (60 a second): playpod sends no
+frame on a tick with nothing new on the screen, so a viewer's picture is as current as with a
+frame on every tick; how many it really encoded is said under the table.
 
 (compare.sh installs what is missing and builds the release binaries, then runs this script with
 the same arguments; `python3 benches/compare.py ...` works once they are there.)
@@ -164,8 +173,13 @@ def viewer_result(viewer):
         raise RuntimeError(f"ws-viewer printed no totals (exit {viewer.returncode})")
 
 
-def measure_playpod(display, fb, seconds, warmup, bitrate_kbps, save):
-    pod, port = start_pod(display, fb, bitrate_kbps)
+def ticks(m0, m1):
+    """The stream's ticks between two scrapes: frames encoded and ticks with nothing new."""
+    return sum(metric(m1, name) - metric(m0, name) for name in ("frames_encoded", "frames_unchanged"))
+
+
+def measure_playpod(display, fb, seconds, warmup, bitrate_kbps, save, extra=()):
+    pod, port = start_pod(display, fb, bitrate_kbps, extra)
     try:
         viewer = start_viewer(port, warmup + seconds + 2, save=save)
         time.sleep(warmup)
@@ -175,8 +189,8 @@ def measure_playpod(display, fb, seconds, warmup, bitrate_kbps, save):
         seen = viewer_result(viewer)
     finally:
         stop(pod)
-    return {"cpu_s": c1 - c0, "wall": t1 - t0,
-            "frames": metric(m1, "frames_encoded") - metric(m0, "frames_encoded"),
+    return {"cpu_s": c1 - c0, "wall": t1 - t0, "frames": ticks(m0, m1),
+            "encoded": metric(m1, "frames_encoded") - metric(m0, "frames_encoded"),
             "bits": (metric(m1, "encoded_bytes") - metric(m0, "encoded_bytes")) * 8,
             "viewer_frames": seen["frames"], "viewer_missed": seen["missed"]}
 
@@ -236,7 +250,7 @@ def measure_fanout(display, fb, seconds, warmup, bitrate_kbps, connections, extr
     counter = lambda name: metric(m1, name) - metric(m0, name)  # noqa: E731
     return {
         "cpu_s": c1 - c0, "viewer_cpu_s": v1 - v0, "wall": t1 - t0,
-        "frames": counter("frames_encoded"), "bits": counter("encoded_bytes") * 8,
+        "frames": ticks(m0, m1), "bits": counter("encoded_bytes") * 8,
         "keyframes": counter("keyframes"), "lags": counter("viewer_lags"),
         "viewers": metric(m1, "viewers"),
         "encode": bucket_delta(buckets(m0, "encode_seconds"), buckets(m1, "encode_seconds")),
@@ -297,6 +311,9 @@ def main():
     ap.add_argument("--bitrate-kbps", type=int, default=2500)
     ap.add_argument("--fanout", default="1,10,50", help="spectator counts of the fan-out runs (1,10,50)")
     ap.add_argument("--no-fanout", action="store_true", help="skip the fan-out runs")
+    ap.add_argument("--paused", action="store_true",
+                    help="stop the game after its first second (a paused game) and add a run of "
+                         "playpod --every-frame")
     ap.add_argument("--keep", action="store_true", help="keep the work directory with the streams")
     args = ap.parse_args()
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1:
@@ -328,6 +345,8 @@ def main():
     fb = os.path.join(workdir, "Xvfb_screen0")
     game = None
     runs = {"playpod": [], "ffmpeg": []}
+    if args.paused:
+        runs["every_frame"] = []
     fan = {n: [] for n in fanout}
     streams = {"playpod": [], "ffmpeg": []}
     started = time.time()
@@ -345,11 +364,18 @@ def main():
             + (["--stamp"] if scored_scene else []),
             stderr=subprocess.DEVNULL)
         time.sleep(1)
+        if args.paused:
+            game.send_signal(signal.SIGSTOP)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}: playpod", file=sys.stderr)
             save = os.path.join(workdir, f"playpod-{r}.h264")
             runs["playpod"].append(measure_playpod(display, fb, args.seconds, args.warmup, args.bitrate_kbps, save))
             streams["playpod"].append(save)
+            if args.paused:
+                print(f"round {r + 1}/{args.rounds}: playpod --every-frame", file=sys.stderr)
+                save = os.path.join(workdir, f"every-frame-{r}.h264")
+                runs["every_frame"].append(measure_playpod(display, fb, args.seconds, args.warmup,
+                                                           args.bitrate_kbps, save, ["--every-frame"]))
             print(f"round {r + 1}/{args.rounds}: ffmpeg", file=sys.stderr)
             out = os.path.join(workdir, f"ffmpeg-{r}.h264")
             runs["ffmpeg"].append(measure_ffmpeg(display, args.seconds, args.warmup, args.bitrate_kbps, workdir, out))
@@ -359,6 +385,8 @@ def main():
                 fan[n].append(measure_fanout(display, fb, args.seconds, args.warmup, args.bitrate_kbps, n))
         if game.poll() is not None:
             raise RuntimeError("the game stopped during the run")
+        if args.paused:
+            game.send_signal(signal.SIGCONT)
         stop(game)
         stop(xvfb)
         measured = time.time() - started
@@ -371,6 +399,8 @@ def main():
         scored_in = time.time() - started - measured
     finally:
         if game:
+            if args.paused:
+                game.send_signal(signal.SIGCONT)
             stop(game)
         stop(xvfb)
         if args.keep:
@@ -389,7 +419,8 @@ def main():
     ratio = rows["playpod"]["ms_per_frame"] / rows["ffmpeg"]["ms_per_frame"]
 
     lines = [
-        f"Scene `{args.scene}` (seed {args.seed}{', stamped' if scored_scene else ''}), {SIZE} at {FPS} fps, target {args.bitrate_kbps} kbit/s, "
+        f"Scene `{args.scene}` (seed {args.seed}{', stamped' if scored_scene else ''}"
+        f"{', paused: the game stopped after its first second' if args.paused else ''}), {SIZE} at {FPS} fps, target {args.bitrate_kbps} kbit/s, "
         f"{args.rounds} round(s) x {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
         f"{os.cpu_count()} CPUs; one run, one display, the same content for both.",
         "",
@@ -398,6 +429,8 @@ def main():
     ]
     labels = [("playpod", "playpod pod (framebuffer in place + yuvutils + openh264)"),
               ("ffmpeg", "ffmpeg x11grab + libx264 ultrafast/zerolatency")]
+    if args.paused:
+        labels.insert(1, ("every_frame", "playpod pod --every-frame"))
     for name, label in labels:
         r = rows[name]
         q = quality.get(name)
@@ -408,7 +441,13 @@ def main():
             quality_cells = "n/a | n/a | n/a | n/a"
         lines.append(f"| {label} | {r['ms_per_frame']:.2f} | {r['core_share'] * 100:.1f} % | {r['fps']:.1f} | "
                      f"{r['kbps']:.0f} | {quality_cells} |")
-    lines += ["", f"playpod / ffmpeg CPU per frame: **{ratio:.2f}x** (target: at most 0.35x)"]
+    encoded = total(runs["playpod"], "encoded")
+    lines += ["", f"playpod / ffmpeg CPU per frame: **{ratio:.2f}x** (target: at most 0.35x)",
+              f"playpod encoded {encoded:.0f} of its {total(runs['playpod'], 'frames'):.0f} ticks; the "
+              "others had nothing new on the screen and sent nothing."]
+    if args.paused:
+        every = rows["every_frame"]["ms_per_frame"] / rows["ffmpeg"]["ms_per_frame"]
+        lines.append(f"playpod --every-frame / ffmpeg CPU per frame: **{every:.2f}x**")
     if quality:
         gap = quality["playpod"]["psnr_y"] - quality["ffmpeg"]["psnr_y"]
         lines.append(f"PSNR-Y playpod - ffmpeg: **{gap:+.2f} dB** (target: no worse than -0.5 dB)")

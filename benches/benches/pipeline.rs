@@ -67,6 +67,22 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a tick on which something was drawn but nothing changed costs beyond the conversion:
+/// comparing the picture with the last one encoded (equal: the whole picture is read).
+fn unchanged_check(c: &mut Criterion) {
+    let pictures = plasma_pictures(W, H, 2);
+    let same = pictures[0].clone();
+    let mut g = c.benchmark_group("unchanged_check_768");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("equal_pictures", |b| {
+        b.iter(|| std::hint::black_box(pictures[0].as_bytes() == same.as_bytes()))
+    });
+    g.bench_function("changed_pictures", |b| {
+        b.iter(|| std::hint::black_box(pictures[0].as_bytes() == pictures[1].as_bytes()))
+    });
+    g.finish();
+}
+
 fn ring(c: &mut Criterion) {
     let (ring, mut writer) = Ring::new(RingConfig::for_picture(u32::from(W), u32::from(H)));
     let mut reader = ring.subscribe().unwrap();
@@ -82,5 +98,5 @@ fn ring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, convert, encode, ring);
+criterion_group!(benches, convert, encode, unchanged_check, ring);
 criterion_main!(benches);

@@ -54,6 +54,8 @@ pub struct Xvfb {
     child: Child,
     pub display: u32,
     pub fbdir: tempfile::TempDir,
+    /// The screen's width and height.
+    pub size: (u32, u32),
 }
 
 impl Xvfb {
@@ -101,6 +103,7 @@ impl Xvfb {
                         child,
                         display: n,
                         fbdir,
+                        size: (width, height),
                     };
                 }
                 assert!(
@@ -121,6 +124,23 @@ impl Xvfb {
     /// The framebuffer file.
     pub fn framebuffer(&self) -> PathBuf {
         self.fbdir.path().join("Xvfb_screen0")
+    }
+
+    /// `playpod pod` streaming this screen, its framebuffer read in place, at its size, with
+    /// `extra` arguments.
+    pub fn pod_args(&self, extra: &[&str]) -> Vec<String> {
+        let (w, h) = self.size;
+        let mut args: Vec<String> = vec![
+            "pod".into(),
+            "--display".into(),
+            self.name(),
+            "--framebuffer".into(),
+            self.framebuffer().to_string_lossy().into_owned(),
+            "--size".into(),
+            format!("{w}x{h}"),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
     }
 
     /// Stops the server with SIGTERM (killed if it has not exited within 5 s), so that it
@@ -243,6 +263,12 @@ impl Served {
         }
     }
 
+    /// [`Served::start`] with owned arguments (such as [`Xvfb::pod_args`]).
+    pub fn start_owned(args: &[String]) -> Self {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&args)
+    }
+
     /// What it wrote on stderr so far; once it has exited (and every child sharing its
     /// stderr), all of it.
     pub fn log(&mut self) -> String {
@@ -303,6 +329,35 @@ impl Drop for Served {
     fn drop(&mut self) {
         stop_gently(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// Decodes an Annex-B H.264 stream with FFmpeg, the independent decoder, into raw pictures of
+/// `pix_fmt` (`rgb24`, `bgr0`, ...), one after the other.
+///
+/// # Panics
+/// If FFmpeg cannot be run or fails to decode the stream.
+pub fn ffmpeg_decode(stream: Vec<u8>, pix_fmt: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    assert!(
+        have("ffmpeg"),
+        "ffmpeg is needed as the independent decoder (apt-get install ffmpeg)"
+    );
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo"])
+        .args(["-pix_fmt", pix_fmt, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ffmpeg");
+    let mut stdin = ffmpeg.stdin.take().expect("piped stdin");
+    let feeder = std::thread::spawn(move || stdin.write_all(&stream));
+    let out = ffmpeg.wait_with_output().expect("wait for ffmpeg");
+    feeder
+        .join()
+        .expect("feeder thread")
+        .expect("write the stream to ffmpeg");
+    assert!(out.status.success(), "ffmpeg failed to decode our stream");
+    out.stdout
 }
 
 /// Peak signal-to-noise ratio of two equally long byte pictures, in dB.

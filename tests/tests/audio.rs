@@ -157,26 +157,10 @@ impl Rig {
     fn start_with(extra: &[&str]) -> Self {
         let xvfb = Xvfb::start(320, 240);
         let pulse = TestPulse::start();
-        let fb = xvfb.framebuffer();
-        let pod = Served::start(
-            &[
-                "pod",
-                "--display",
-                &xvfb.name(),
-                "--framebuffer",
-                fb.to_str().unwrap(),
-                "--size",
-                "320x240",
-                "--pulse-server",
-                &pulse.server(),
-                "--token",
-                TOKEN,
-                "--no-pin",
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        );
+        let server = pulse.server();
+        let mut args = vec!["--pulse-server", &server, "--token", TOKEN, "--no-pin"];
+        args.extend(extra);
+        let pod = Served::start_owned(&xvfb.pod_args(&args));
         Self {
             pulse,
             pod,
@@ -622,22 +606,14 @@ async fn when_the_game_ends_every_socket_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_audio_says_off() {
     let xvfb = Xvfb::start(320, 240);
-    let fb = xvfb.framebuffer();
-    let pod = Served::start(&[
-        "pod",
-        "--display",
-        &xvfb.name(),
-        "--framebuffer",
-        fb.to_str().unwrap(),
-        "--size",
-        "320x240",
+    let pod = Served::start_owned(&xvfb.pod_args(&[
         "--pulse-server",
         "unix:/nonexistent/native",
         "--no-audio",
         "--token",
         TOKEN,
         "--no-pin",
-    ]);
+    ]));
     let url = format!(
         "{}/play/{TOKEN}/audio",
         pod.origin().replacen("http://", "ws://", 1)

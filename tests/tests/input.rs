@@ -646,19 +646,7 @@ fn a_display_without_xtest_closes_the_socket_with_the_reason() {
     // Video through a real Xvfb started without XTEST: the pod serves, and each input
     // connection is closed with 4003 and a reason naming the display and what it lacks.
     let xvfb = Xvfb::start_with(320, 240, &["-extension", "XTEST"]);
-    let fb = xvfb.framebuffer();
-    let served = Served::start(&[
-        "pod",
-        "--display",
-        &xvfb.name(),
-        "--framebuffer",
-        fb.to_str().unwrap(),
-        "--size",
-        "320x240",
-        "--token",
-        TOKEN,
-        "--no-pin",
-    ]);
+    let served = Served::start_owned(&xvfb.pod_args(&["--token", TOKEN, "--no-pin"]));
     let url = served.url.replacen("http://", "ws://", 1) + "input/1";
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,9 +1,6 @@
 //! Real Xvfb + a test X client drawing known pictures -> our capture (in place), conversion and
 //! H.264 -> decoded by an independent decoder (FFmpeg) -> compared with the framebuffer.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use std::time::Instant;
 
 use playpod_hotpath::capture::{FrameSource, FramebufferFile};
@@ -11,7 +8,7 @@ use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, unix_micros};
 use playpod_hotpath::ring::ReadOutcome;
 use playpod_hotpath::{h264, xwd};
-use playpod_tests::{Xvfb, have, psnr};
+use playpod_tests::{Xvfb, ffmpeg_decode, have, psnr};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     ConnectionExt, CreateGCAux, CreateWindowAux, ImageFormat, WindowClass,
@@ -183,22 +180,10 @@ fn pictures_survive_capture_encode_and_an_independent_decoder() {
         "ring order"
     );
 
-    let mut ffmpeg = Command::new("ffmpeg")
-        .args([
-            "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr0", "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ffmpeg");
-    let mut stdin = ffmpeg.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || stdin.write_all(&stream));
-    let out = ffmpeg.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(out.status.success(), "ffmpeg failed to decode our stream");
+    let decoded = ffmpeg_decode(stream, "bgr0");
     let size = (W * H * 4) as usize;
-    assert_eq!(out.stdout.len() % size, 0);
-    let decoded: Vec<&[u8]> = out.stdout.chunks_exact(size).collect();
+    assert_eq!(decoded.len() % size, 0);
+    let decoded: Vec<&[u8]> = decoded.chunks_exact(size).collect();
     assert_eq!(
         decoded.len(),
         FRAMES as usize,

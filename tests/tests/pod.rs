@@ -49,16 +49,7 @@ fn check_stream(served: &Served, width: u32) {
 fn pod_reads_an_fbdir_framebuffer_in_place() {
     let xvfb = Xvfb::start(640, 480);
     let _game = start_game(&xvfb.name(), "pong", (640, 480));
-    let fb = xvfb.framebuffer();
-    let served = Served::start(&[
-        "pod",
-        "--display",
-        &xvfb.name(),
-        "--framebuffer",
-        fb.to_str().unwrap(),
-        "--size",
-        "640x480",
-    ]);
+    let served = Served::start_owned(&xvfb.pod_args(&[]));
     check_stream(&served, 640);
 }
 

@@ -2,8 +2,7 @@
 //! which nothing was drawn neither read the screen nor encode, and still no drawing is left out
 //! of the stream; `playpod pod` under a paused game sends a frame a second, not sixty.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use playpod_hotpath::convert::BgrxFrame;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
 use playpod_hotpath::pipeline::{FrameStage, Unchanged, unix_micros};
 use playpod_hotpath::ring::ReadOutcome;
-use playpod_tests::{Served, Xvfb, have, start_game};
+use playpod_tests::{Served, Xvfb, ffmpeg_decode, start_game};
 use tokio_tungstenite::tungstenite::Message;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, CreateGCAux, Rectangle};
@@ -52,10 +51,6 @@ fn colour(k: u32) -> u32 {
 
 #[test]
 fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
-    assert!(
-        have("ffmpeg"),
-        "ffmpeg is needed as the independent decoder (apt-get install ffmpeg)"
-    );
     const ROUNDS: u32 = 40;
     const SETTLE: u32 = 2;
     let xvfb = Xvfb::start(W, H);
@@ -193,26 +188,14 @@ fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
     );
 
     // An independent decoder shows the last colour drawn at the end of the stream.
-    let mut ffmpeg = Command::new("ffmpeg")
-        .args([
-            "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ffmpeg");
-    let mut stdin = ffmpeg.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || stdin.write_all(&stream));
-    let out = ffmpeg.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(out.status.success(), "ffmpeg failed to decode our stream");
+    let decoded = ffmpeg_decode(stream, "rgb24");
     let size = (W * H * 3) as usize;
     assert_eq!(
-        out.stdout.len() / size,
+        decoded.len() / size,
         encoded as usize,
         "every frame decodes"
     );
-    let last = &out.stdout[out.stdout.len() - size..];
+    let last = &decoded[decoded.len() - size..];
     let centre = ((H / 2 * W + W / 2) * 3) as usize;
     let want = colour(ROUNDS).to_be_bytes();
     for (c, (got, want)) in last[centre..centre + 3].iter().zip(&want[1..]).enumerate() {
@@ -234,25 +217,11 @@ impl PausedRig {
     fn start(extra: &[&str]) -> Self {
         let xvfb = Xvfb::start(W, H);
         let game = start_game(&xvfb.name(), "pong", (W, H));
-        let fb = xvfb.framebuffer();
-        let mut args = vec![
-            "pod",
-            "--display",
-            &xvfb.name(),
-            "--framebuffer",
-            fb.to_str().unwrap(),
-            "--size",
-            "320x240",
-            "--no-audio",
-            "--no-pin",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args = vec!["--no-audio", "--no-pin"];
+        args.extend(extra);
+        let served = Served::start_owned(&xvfb.pod_args(&args));
         Self {
-            served: Served::start(&args),
+            served,
             game,
             _xvfb: xvfb,
         }
