@@ -8,9 +8,16 @@
 //! flag, so every drawing either happened before the flag was raised (and the frame captured
 //! after it includes it) or damages the empty region again and raises the flag anew: no drawing
 //! is ever left out of the stream.
+//!
+//! A game may draw in many small pieces; each piece drawn after an emptying notifies again. So
+//! that such a game cannot keep the watch thread busy with round trips, it waits
+//! [`MIN_INTERVAL`] after each: a piece drawn meanwhile is handled when the wait ends, still
+//! before the next tick (ticks are further apart), and a tick between reads the framebuffer as
+//! it is then, that piece included.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use x11rb::connection::Connection;
 use x11rb::errors::{ReplyError, ReplyOrIdError};
@@ -18,9 +25,20 @@ use x11rb::protocol::Event;
 use x11rb::protocol::damage::{self, ConnectionExt as _, ReportLevel};
 use x11rb::protocol::xproto::{ConnectionExt as _, Window};
 
+/// The shortest time between two emptyings of the damage region: at most 500 round trips a
+/// second, whatever the game draws; shorter than the tick of the highest frame rate (240 fps).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(2);
+
 /// A flag raised when something was drawn, taken by the frame thread. Cloned handles share it.
 #[derive(Debug, Clone)]
-pub struct ScreenChanges(Arc<AtomicBool>);
+pub struct ScreenChanges(Arc<Flag>);
+
+#[derive(Debug)]
+struct Flag {
+    raised: AtomicBool,
+    /// Times it was raised, for tests and logs.
+    marks: AtomicU64,
+}
 
 impl Default for ScreenChanges {
     fn default() -> Self {
@@ -31,17 +49,26 @@ impl Default for ScreenChanges {
 impl ScreenChanges {
     /// Starts raised: the first tick always captures.
     pub fn new() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+        Self(Arc::new(Flag {
+            raised: AtomicBool::new(true),
+            marks: AtomicU64::new(0),
+        }))
     }
 
     /// Something was drawn.
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.marks.fetch_add(1, Ordering::Relaxed);
+        self.0.raised.store(true, Ordering::Release);
     }
 
     /// Whether something was drawn since the last call; lowers the flag.
     pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::AcqRel)
+        self.0.raised.swap(false, Ordering::AcqRel)
+    }
+
+    /// How many times the flag was raised.
+    pub fn marks(&self) -> u64 {
+        self.0.marks.load(Ordering::Relaxed)
     }
 }
 
@@ -83,6 +110,7 @@ impl DamageTracker {
     }
 
     /// Handles one event of the connection; others than damage notifications are ignored.
+    /// After a notification it waits [`MIN_INTERVAL`].
     pub fn handle<C: Connection>(&self, conn: &C, event: &Event) -> Result<(), ReplyError> {
         let Event::DamageNotify(notify) = event else {
             return Ok(());
@@ -95,6 +123,7 @@ impl DamageTracker {
         // notifies again, and all it drew before is in its framebuffer.
         conn.get_input_focus()?.reply()?;
         self.changes.mark();
+        std::thread::sleep(MIN_INTERVAL);
         Ok(())
     }
 }

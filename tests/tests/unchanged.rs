@@ -17,7 +17,9 @@ use playpod_hotpath::ring::ReadOutcome;
 use playpod_tests::{Served, Xvfb, ffmpeg_decode, start_game};
 use tokio_tungstenite::tungstenite::Message;
 use x11rb::connection::Connection as _;
-use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, CreateGCAux, Rectangle};
+use x11rb::protocol::xproto::{
+    ChangeGCAux, ConnectionExt as _, CoordMode, CreateGCAux, Point, Rectangle,
+};
 
 const W: u32 = 320;
 const H: u32 = 240;
@@ -204,6 +206,46 @@ fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
             "channel {c} of the last decoded frame: {got}, drawn {want}"
         );
     }
+}
+
+#[test]
+fn a_game_drawing_in_many_pieces_cannot_keep_the_watch_busy() {
+    let xvfb = Xvfb::start(W, H);
+    let watch = DisplayWatch::start(&xvfb.name(), true).expect("watch the display");
+    let changes = watch.screen_changes().expect("Xvfb has DAMAGE");
+    let (conn, screen) = x11rb::connect(Some(&xvfb.name())).expect("connect");
+    let root = conn.setup().roots[screen].root;
+    let gc = conn.generate_id().unwrap();
+    conn.create_gc(gc, root, &CreateGCAux::new().foreground(0xffffff))
+        .unwrap();
+    conn.get_input_focus().unwrap().reply().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // One pixel at a time, as fast as the server takes them, for a second.
+    let before = changes.marks();
+    let started = Instant::now();
+    let mut pieces = 0u32;
+    while started.elapsed() < Duration::from_secs(1) {
+        let point = Point {
+            x: (pieces % W) as i16,
+            y: (pieces / W % H) as i16,
+        };
+        conn.poly_point(CoordMode::ORIGIN, root, gc, &[point])
+            .unwrap();
+        conn.flush().unwrap();
+        pieces += 1;
+        if pieces % 64 == 0 {
+            conn.get_input_focus().unwrap().reply().unwrap();
+        }
+    }
+    let marks = changes.marks() - before;
+    println!("{pieces} pieces drawn in 1 s: the flag was raised {marks} times");
+    assert!(pieces > 2000, "only {pieces} pieces drawn");
+    assert!(marks > 50, "the drawing was seen only {marks} times");
+    // At most one emptying of the region per MIN_INTERVAL (2 ms): 500 a second.
+    assert!(
+        marks <= 520,
+        "the watch thread handled {marks} notifications in 1 s (bound: 500)"
+    );
 }
 
 /// `playpod pod` over a real game: frames per second a viewer gets, and the metrics.
