@@ -233,7 +233,7 @@ fn a_game_drawing_in_many_pieces_cannot_keep_the_watch_busy() {
             .unwrap();
         conn.flush().unwrap();
         pieces += 1;
-        if pieces % 64 == 0 {
+        if pieces.is_multiple_of(64) {
             conn.get_input_focus().unwrap().reply().unwrap();
         }
     }
