@@ -192,9 +192,9 @@ impl FrameStage {
         capture_us: u64,
     ) -> Result<FrameReport, PipelineError> {
         let want_key = self.writer.take_keyframe_request();
-        let host = self.capture()?;
-        let same = self.same_as_encoded(host, true);
-        self.encode_and_publish(ready, capture_us, want_key, host, same)
+        self.capture()?;
+        let same = self.same_as_encoded(true);
+        self.encode_and_publish(ready, capture_us, want_key, same)
     }
 
     /// One tick of the frame clock: like [`FrameStage::run_once`], but with
@@ -218,48 +218,51 @@ impl FrameStage {
             bump(&self.stats.frames_unchanged, 1);
             return Ok(None);
         }
-        let host = self.capture()?;
-        let same = self.same_as_encoded(host, drawn);
+        self.capture()?;
+        let same = self.same_as_encoded(drawn);
         if same && !due {
             bump(&self.stats.frames_unchanged, 1);
             return Ok(None);
         }
-        self.encode_and_publish(ready, capture_us, want_key, host, same)
+        self.encode_and_publish(ready, capture_us, want_key, same)
             .map(Some)
     }
 
-    /// Captures and converts the current picture; `true` when it is in host memory.
-    fn capture(&mut self) -> Result<bool, PipelineError> {
+    /// Whether the encoder takes its pictures from host memory (`self.picture`), rather than
+    /// from the GPU converter's device picture.
+    fn host_input(&self) -> bool {
+        self.encoder.input() == InputKind::HostI420
+    }
+
+    /// Captures and converts the current picture, into `self.picture` or on the GPU.
+    fn capture(&mut self) -> Result<(), PipelineError> {
         let convert_start = Instant::now();
-        let host = match (&mut self.gpu, self.encoder.input()) {
+        match (&mut self.gpu, self.encoder.input()) {
             (None, InputKind::HostI420) => {
                 let frame = self.source.grab()?;
                 convert::bgrx_to_i420(&frame, &mut self.picture)?;
-                true
             }
             (Some(gpu), InputKind::HostI420) => {
                 gpu.convert_to_host(&mut *self.source, &mut self.picture)?;
-                true
             }
             (Some(gpu), InputKind::DeviceNv12) => {
                 gpu.convert(&mut *self.source)?;
-                false
             }
             (None, InputKind::DeviceNv12) => return Err(EncodeError::WrongInput.into()),
-        };
+        }
         bump(&self.stats.frames_captured, 1);
         self.stats
             .convert_time
             .record(micros(convert_start.elapsed()));
-        Ok(host)
+        Ok(())
     }
 
     /// Whether the picture just captured is the one last encoded. A host picture is compared
     /// (the early difference of a moving picture ends the comparison at once); on the GPU
     /// only the X server's damage tells.
-    fn same_as_encoded(&self, host: bool, drawn: bool) -> bool {
+    fn same_as_encoded(&self, drawn: bool) -> bool {
         match &self.skip {
-            Some(skip) if host => {
+            Some(skip) if self.host_input() => {
                 skip.have_previous && skip.previous.as_bytes() == self.picture.as_bytes()
             }
             Some(_) => !drawn,
@@ -272,9 +275,9 @@ impl FrameStage {
         ready: Instant,
         capture_us: u64,
         want_key: bool,
-        host: bool,
         same: bool,
     ) -> Result<FrameReport, PipelineError> {
+        let host = self.host_input();
         let stats = &*self.stats;
         let encode_start = Instant::now();
         if want_key {
@@ -282,6 +285,7 @@ impl FrameStage {
         }
         let picture = match (&self.gpu, host) {
             (Some(gpu), false) => Picture::Device(gpu.picture()),
+            // Without a converter a device-input encoder never gets here: capture refused.
             _ => Picture::Host(&self.picture),
         };
         self.out.clear();

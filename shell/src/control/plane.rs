@@ -415,6 +415,7 @@ impl ControlPlane {
         self.rebuild().await?;
         let sessions: Vec<Session> = self.lock().sessions.values().cloned().collect();
         let idle_limit = u64::from(self.config.idle_minutes) * 60;
+        // Collected first: a lazy map here makes the reaper's future not provably `Send`.
         let asks: Vec<_> = sessions
             .iter()
             .map(|s| self.session_verdict(s, now, idle_limit))
