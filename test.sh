@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing (Xvfb, nasm, FFmpeg, Chromium,
-# ChromeDriver, Python virtualenvs for the chart and PTX checks), then format, lints, unit,
-# integration and end-to-end tests, benchmarks compiled and run once, a short fuzz of every fuzz
-# target, the CUDA kernel's PTX check and the Helm chart checks.
+# ChromeDriver, Python virtualenvs for the chart and PTX checks, cargo-deny, cargo-fuzz), then
+# format, the dependencies' licences and sources, lints, unit, integration and end-to-end tests,
+# benchmarks compiled and run once, a short fuzz of every fuzz target, the CUDA kernel's PTX
+# check and the Helm chart checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
@@ -13,6 +14,12 @@ step() { printf '\n==> %s (%d s so far)\n' "$*" "$SECONDS"; }
 
 step "format"
 cargo fmt --all --check
+
+step "licences and sources of every dependency (cargo-deny, deny.toml)"
+install_cargo_deny
+for manifest in Cargo.toml fuzz/Cargo.toml; do
+  cargo deny --manifest-path "$manifest" --locked check licenses bans sources
+done
 
 step "lints"
 cargo clippy --locked --workspace --all-targets -- -D warnings

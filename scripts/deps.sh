@@ -96,3 +96,8 @@ need_compare_tools() {
 install_cargo_fuzz() {
   cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 }
+
+# cargo-deny (the licence and source check of test.sh, deny.toml), from crates.io when missing.
+install_cargo_deny() {
+  cargo deny --version >/dev/null 2>&1 || cargo install cargo-deny --version 0.20.2 --locked
+}
