@@ -10,6 +10,9 @@ const MAX_MS = 150;     // never slow down above this much buffered
 const CAP_MS = 250;     // beyond this, drop the oldest audio down to the target
 const DEAD_BAND_MS = 8; // errors smaller than this leave the rate at 1
 const MAX_RATE_DEV = 0.05;
+// The pod sends no packets for digital silence (after its first 30 ms): a chunk whose capture
+// time starts this far past the end of the last one follows such a silence.
+const SILENCE_GAP_US = 5000;
 
 class PlaypodAudio extends AudioWorkletProcessor {
   constructor() {
@@ -18,7 +21,10 @@ class PlaypodAudio extends AudioWorkletProcessor {
     this.pos = 0;         // read position (fractional frames) in queue[0]
     this.buffered = 0;    // frames queued, less pos
     this.playing = false;
-    this.underruns = 0;
+    this.underruns = 0;   // ran dry, and the next chunk carried straight on: it came late
+    this.silences = 0;    // ran dry over a silence the pod did not send
+    this.endUs = null;    // capture time just past the newest chunk
+    this.dryAtUs = null;  // endUs when the queue last ran dry
     this.dropped = 0;     // frames dropped (buffer cap or sync)
     this.stretched = 0;   // frames added by slowing down
     this.sync = null;     // { contextTime, wallUs, outputLatency }
@@ -29,6 +35,12 @@ class PlaypodAudio extends AudioWorkletProcessor {
     this.port.onmessage = (ev) => {
       const m = ev.data;
       if (m.chunk) {
+        if (this.dryAtUs !== null) {
+          if (m.chunk.captureUs - this.dryAtUs > SILENCE_GAP_US) this.silences++;
+          else this.underruns++;
+          this.dryAtUs = null;
+        }
+        this.endUs = m.chunk.captureUs + (m.chunk.left.length / sampleRate) * 1e6;
         this.queue.push(m.chunk);
         this.buffered += m.chunk.left.length;
       } else if (m.sync) {
@@ -37,6 +49,7 @@ class PlaypodAudio extends AudioWorkletProcessor {
         this.videoDelayUs = m.videoDelayUs;
       } else if (m.reset) {
         this.queue = []; this.pos = 0; this.buffered = 0; this.playing = false;
+        this.endUs = null; this.dryAtUs = null;
       }
     };
   }
@@ -63,6 +76,11 @@ class PlaypodAudio extends AudioWorkletProcessor {
       this.dropFrames(this.buffered - Math.round((TARGET_MS / 1000) * sampleRate));
     }
     if (!this.playing && this.ms(this.buffered) >= TARGET_MS) this.playing = true;
+    if (this.playing && !this.queue.length) {
+      // Ran dry at a quantum's edge: as below.
+      this.playing = false; this.buffered = 0; this.pos = 0;
+      this.dryAtUs = this.endUs;
+    }
     if (!this.playing || !this.queue.length) {
       l.fill(0); if (r !== l) r.fill(0);
       this.report();
@@ -99,9 +117,10 @@ class PlaypodAudio extends AudioWorkletProcessor {
         chunk = this.queue[0];
       }
       if (!chunk) {
-        // Ran dry: count it, play silence, and wait to refill to the target.
+        // Ran dry: play silence and wait to refill to the target. The next chunk tells
+        // whether this was an underrun or a silence the pod did not send.
         l.fill(0, i); if (r !== l) r.fill(0, i);
-        this.underruns++;
+        this.dryAtUs = this.endUs;
         this.playing = false;
         this.buffered = 0;
         this.pos = 0;
@@ -125,6 +144,7 @@ class PlaypodAudio extends AudioWorkletProcessor {
     this.port.postMessage({
       bufferedMs: Math.max(0, this.ms(this.buffered)),
       underruns: this.underruns,
+      silences: this.silences,
       droppedMs: this.ms(this.dropped),
       stretchedMs: this.ms(this.stretched),
       playing: this.playing,

@@ -16,7 +16,7 @@
   const stats = (window.playpodAudioStats = {
     state: 'connecting', // connecting | ok | down | off | unsupported
     packets: 0, decoded: 0, decodeErrors: 0, reconnects: 0,
-    playing: false, muted: false, bufferedMs: 0, underruns: 0, droppedMs: 0, stretchedMs: 0,
+    playing: false, muted: false, bufferedMs: 0, underruns: 0, silences: 0, droppedMs: 0, stretchedMs: 0,
     delayMs: null, skewMs: null, outputLatencyMs: null,
   });
 
@@ -25,6 +25,13 @@
   let gain = null;
   let decoder = null;
   let closedForGood = false;
+  // The decoder stamps its outputs on a timeline of its own (Chromium: the first packet's
+  // timestamp plus the audio decoded since), which knows nothing of the silences the pod does
+  // not send. So each packet goes in stamped with its index (10 ms apart) and its output is
+  // matched back to the packet's capture time by that index.
+  const PACKET_US = 10000;
+  let captures = new Map(); // packet index -> capture time, µs
+  let nextIndex = 0;
 
   function render() {
     if (!button) return;
@@ -61,6 +68,7 @@
       const m = ev.data;
       stats.bufferedMs = Math.round(m.bufferedMs * 10) / 10;
       stats.underruns = m.underruns;
+      stats.silences = m.silences;
       stats.droppedMs = Math.round(m.droppedMs);
       stats.stretchedMs = Math.round(m.stretchedMs);
       stats.playing = m.playing;
@@ -116,18 +124,23 @@
 
   function onData(data) {
     stats.decoded++;
-    if (!node) { data.close(); return; }
+    const index = Math.round(data.timestamp / PACKET_US);
+    const captureUs = captures.get(index);
+    for (const k of captures.keys()) { if (k > index) break; captures.delete(k); }
+    if (!node || captureUs === undefined) { data.close(); return; }
     const frames = data.numberOfFrames;
     const left = new Float32Array(frames);
     const right = new Float32Array(frames);
     data.copyTo(left, { planeIndex: 0, format: 'f32-planar' });
     data.copyTo(right, { planeIndex: data.numberOfChannels > 1 ? 1 : 0, format: 'f32-planar' });
-    node.port.postMessage({ chunk: { captureUs: data.timestamp, left, right } }, [left.buffer, right.buffer]);
+    node.port.postMessage({ chunk: { captureUs, left, right } }, [left.buffer, right.buffer]);
     data.close();
   }
 
   function newDecoder(config) {
     if (decoder && decoder.state !== 'closed') decoder.close();
+    captures = new Map();
+    nextIndex = 0;
     decoder = new AudioDecoder({
       output: onData,
       error: (e) => {
@@ -163,9 +176,11 @@
       if (stats.state !== 'ok') { stats.state = 'ok'; render(); }
       // A decoder far behind (a stalled tab) restarts rather than playing old sound.
       if (decoder.decodeQueueSize > 20) { decoder.reset(); newDecoder({ codec: 'opus', sampleRate: 48000, channels: 2 }); }
+      const index = nextIndex++;
+      captures.set(index, Number(view.getBigUint64(8, true)));
       decoder.decode(new EncodedAudioChunk({
         type: 'key',
-        timestamp: Number(view.getBigUint64(8, true)),
+        timestamp: index * PACKET_US,
         data: new Uint8Array(ev.data, 16),
       }));
     };

@@ -86,13 +86,16 @@ pub struct StreamArgs {
     /// NVENC is missing. The choice and its reason are logged and shown on /readyz and /metrics.
     #[arg(long, value_enum, default_value_t = EncoderChoice::Auto)]
     pub encoder: EncoderChoice,
-    /// Encode and send a frame on every tick, even when nothing on the screen changed.
+    /// Encode and send a frame on every tick, even when nothing on the screen changed, and
+    /// every 10 ms of sound, even of silence.
     ///
     /// By default a tick with nothing new makes no frame, so a paused or waiting game costs
     /// next to nothing: where the X server's DAMAGE extension says nothing was drawn the
     /// screen is not even read; where something was drawn, a picture equal to the last one
     /// encoded is not encoded. After the picture last changed (or an IDR) 15 more frames are
     /// encoded for the encoder to refine it, and one frame a second keeps the stream alive.
+    /// Likewise digital silence (every sample zero) is neither encoded nor sent once three
+    /// silent 10 ms frames have followed the last sound; the player plays silence meanwhile.
     #[arg(long)]
     pub every_frame: bool,
     /// Pin the frame thread to this CPU core (default: the last core, when there are several).

@@ -364,6 +364,12 @@ impl Collector for AudioCollector {
         )?;
         counter(
             &mut enc,
+            "audio_frames_silent",
+            "10 ms frames of digital silence neither encoded nor sent (--every-frame sends them).",
+            load(&s.frames_silent),
+        )?;
+        counter(
+            &mut enc,
             "audio_encoded_bytes",
             "Bytes of Opus encoded.",
             load(&s.bytes_encoded),

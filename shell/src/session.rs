@@ -192,7 +192,7 @@ impl Session {
             audio
         };
         let (audio_threads, audio_feed) =
-            match crate::audio::start(audio, args.audio.audio_bitrate_kbps)? {
+            match crate::audio::start(audio, args.audio.audio_bitrate_kbps, !args.every_frame)? {
                 Some((threads, feed)) => (Some(threads), Some(feed)),
                 None => (None, None),
             };

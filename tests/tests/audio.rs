@@ -255,8 +255,8 @@ async fn collect(ws: &mut Ws, time: Duration) -> Vec<Packet> {
     packets
 }
 
-/// Waits until sound flows (a new recording gets its first data a second or two after it
-/// connects): up to 10 s for 10 packets.
+/// With `--every-frame` (silence sent too): waits until sound flows (a new recording gets its
+/// first data a second or two after it connects), up to 10 s for 10 packets.
 async fn wait_for_sound(ws: &mut Ws) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut packets = 0;
@@ -265,6 +265,22 @@ async fn wait_for_sound(ws: &mut Ws) {
             Ok(Some(Ok(Message::Binary(_)))) => packets += 1,
             Ok(Some(Ok(_))) => {}
             other => panic!("no sound within 10 s ({packets} packets): {other:?}"),
+        }
+    }
+}
+
+/// Waits until the pod records (`state` is what the handshake said): from then on a sound
+/// played into the sink reaches the listeners. Silence sends nothing, so no packet says so.
+async fn wait_for_recording(ws: &mut Ws, state: &str) {
+    if state == "ok" {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == r#"{"audio":"ok"}"# => return,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("not recording within 10 s: {other:?}"),
         }
     }
 }
@@ -283,12 +299,19 @@ fn decode(packets: &[Packet]) -> Vec<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tone_in_the_sink_comes_out_of_the_opus_stream() {
+async fn a_tone_in_the_sink_comes_out_of_the_opus_stream_and_silence_does_not() {
     let rig = Rig::start();
     let mut ws = rig.connect("audio").await;
     let state = handshake(&mut ws).await;
     assert!(state == "ok" || state == "down", "state {state:?}");
-    wait_for_sound(&mut ws).await;
+    wait_for_recording(&mut ws, &state).await;
+    // The few silent frames sent when recording starts.
+    let start = collect(&mut ws, Duration::from_millis(500)).await;
+    assert!(
+        start.len() <= 3,
+        "{} packets of silence at the start",
+        start.len()
+    );
 
     const AMPLITUDE: f64 = 0.3 * 32767.0;
     let server = rig.pulse.server();
@@ -300,9 +323,11 @@ async fn a_tone_in_the_sink_comes_out_of_the_opus_stream() {
     });
     let packets = collect(&mut ws, Duration::from_millis(3000)).await;
     player.join().unwrap();
+    // The 300 ms of silence around the tone are not sent: the tone's 150 frames (151 when it
+    // straddles a frame boundary) and the 3 silent ones that end it, not 210.
     assert!(
-        packets.len() > 200,
-        "{} packets in 3 s (want 100/s)",
+        (150..=155).contains(&packets.len()),
+        "{} packets for a 1.5 s tone (want 150 and 3 of silence after it)",
         packets.len()
     );
 
@@ -342,6 +367,11 @@ async fn a_tone_in_the_sink_comes_out_of_the_opus_stream() {
         "{} loud 10 ms blocks (the tone lasts 150)",
         loud.len()
     );
+    let after = packets.len() - 1 - loud[loud.len() - 1];
+    assert!(
+        after <= 4,
+        "{after} packets after the tone (want its 3 silent tail frames)"
+    );
     let mid = loud[loud.len() / 2];
     let window = &left[(mid - 40) * FRAME_SAMPLES..(mid + 40) * FRAME_SAMPLES];
     let level = rms(window);
@@ -372,9 +402,9 @@ async fn a_tone_in_the_sink_comes_out_of_the_opus_stream() {
 async fn a_click_reaches_the_listener_quickly() {
     let rig = Rig::start();
     let mut ws = rig.connect("audio").await;
-    handshake(&mut ws).await;
-    // Once sound flows, clicks after silence.
-    wait_for_sound(&mut ws).await;
+    let state = handshake(&mut ws).await;
+    // Once the pod records, clicks after silence (which is not sent).
+    wait_for_recording(&mut ws, &state).await;
     let server = rig.pulse.server();
     const CLICKS: usize = 5;
     let player = std::thread::spawn(move || {
@@ -692,7 +722,13 @@ fn steady_state_audio_frames_allocate_nothing() {
         max_readers: 4,
     });
     let stats = Arc::new(AudioStats::default());
-    let mut stage = OpusStage::new(writer, stats.clone(), OpusSettings::default()).unwrap();
+    // Every frame encoded and published, the silence before the tone too (the skipped frames
+    // of silence return before the encoder: nothing to allocate there).
+    let settings = OpusSettings {
+        skip_silence: false,
+        ..OpusSettings::default()
+    };
+    let mut stage = OpusStage::new(writer, stats.clone(), settings).unwrap();
     let (mut producer, mut consumer) = rtrb::RingBuffer::<PcmFrame>::new(8);
     let listener = {
         let mut reader = ring.subscribe().unwrap();
@@ -727,7 +763,7 @@ fn steady_state_audio_frames_allocate_nothing() {
         step();
     }
     let (last, allocations) = count_allocations(|| {
-        let mut last = 0;
+        let mut last = None;
         for _ in 0..300 {
             last = step();
         }
@@ -736,7 +772,7 @@ fn steady_state_audio_frames_allocate_nothing() {
     stop.store(true, Ordering::Relaxed);
     let heard = listener.join().unwrap();
     player.join().unwrap();
-    assert_eq!(last, 349, "every frame was published");
+    assert_eq!(last, Some(349), "every frame was published");
     assert!(heard > 300, "the listener read the packets ({heard})");
     assert_eq!(allocations, 0, "heap allocations in 300 audio frames");
     let (_, one) = count_allocations(|| drop(std::hint::black_box(vec![1u8; 64])));
@@ -787,10 +823,10 @@ async fn the_demo_plays_pong_sounds_and_stops_its_pulseaudio() {
         demo.origin().replacen("http://", "ws://", 1)
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    handshake(&mut ws).await;
-    wait_for_sound(&mut ws).await;
+    let state = handshake(&mut ws).await;
+    wait_for_recording(&mut ws, &state).await;
     // The ball is served after a second and bounces off walls and paddles: within 8 s some
-    // 10 ms frames are loud.
+    // 10 ms frames are loud. The silences between the sounds are not sent.
     let packets = collect(&mut ws, Duration::from_secs(8)).await;
     let left = decode(&packets);
     let loud = left
@@ -798,8 +834,12 @@ async fn the_demo_plays_pong_sounds_and_stops_its_pulseaudio() {
         .filter(|b| rms(b) > 1_000.0)
         .count();
     eprintln!("demo: {} packets in 8 s, {loud} loud", packets.len());
-    assert!(packets.len() > 700, "{} packets in 8 s", packets.len());
     assert!(loud >= 3, "no game sound in 8 s of Pong");
+    assert!(
+        packets.len() < 400,
+        "{} packets in 8 s: the silences between Pong's sounds were sent",
+        packets.len()
+    );
 
     let status = demo.terminate();
     assert!(status.success(), "the demo exited with {status}");

@@ -683,8 +683,72 @@ async fn check_audio(client: &Client, served: &Served) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_and_plays_the_demo_audio() {
-    in_chromium(&["demo"], |client, served| {
+    // --every-frame: a packet every 10 ms, silence too, so the decoding rate is measurable.
+    in_chromium(&["demo", "--every-frame"], |client, served| {
         check_audio(client, served).boxed()
+    })
+    .await;
+}
+
+/// After the click: waits until the worklet plays, then watches it for 6 s of Pong, whose
+/// silences between sounds the pod does not send.
+const WATCH_SILENCES: &str = r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function wait() {
+  const s = window.playpodAudioStats;
+  if (s.playing) {
+    const before = { ...s };
+    setTimeout(() => done({ before, after: { ...window.playpodAudioStats } }), 6000);
+  } else if (performance.now() - t0 > 20000) {
+    done({ error: 'the audio worklet did not start playing within 20 s of the click', stats: s });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+";
+
+/// The demo as shipped: only Pong's sounds (and the few frames that end each) are sent. The
+/// page plays each and tells the silences between them from underruns.
+async fn check_audio_silences(client: &Client, served: &Served) {
+    client.goto(&served.url).await.expect("open the player");
+    let button = client
+        .find(fantoccini::Locator::Id("audio"))
+        .await
+        .expect("the sound button");
+    button.click().await.expect("click the sound button");
+    let watched = client
+        .execute_async(WATCH_SILENCES, vec![])
+        .await
+        .expect("watch playback");
+    eprintln!("6 s of Pong's sound: {watched}");
+    assert!(watched.get("error").is_none(), "{watched}");
+    let (before, after) = (&watched["before"], &watched["after"]);
+    let decoded = int(after, "decoded") - int(before, "decoded");
+    let silences = int(after, "silences") - int(before, "silences");
+    let underruns = int(after, "underruns") - int(before, "underruns");
+    // Far fewer than the 600 frames of 6 s: sounds come, silences are not sent.
+    assert!(
+        (10..300).contains(&decoded),
+        "{decoded} audio frames decoded in 6 s of Pong: {watched}"
+    );
+    assert!(
+        silences >= 2,
+        "{silences} silences seen between Pong's sounds: {watched}"
+    );
+    assert!(
+        underruns < silences,
+        "{underruns} underruns against {silences} silences: the page took the silences the \
+         pod did not send for late audio: {watched}"
+    );
+    assert_eq!(int(after, "decodeErrors"), 0, "{watched}");
+    assert_eq!(after["state"], json!("ok"), "{watched}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_pong_sounds_across_the_silences_not_sent() {
+    in_chromium(&["demo"], |client, served| {
+        check_audio_silences(client, served).boxed()
     })
     .await;
 }

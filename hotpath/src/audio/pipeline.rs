@@ -303,7 +303,8 @@ mod tests {
     use crate::ring::ReadOutcome;
     use std::sync::Mutex;
 
-    /// A source that makes silence at real-time pace and fails after `frames` reads.
+    /// A source that makes a quiet hum (every sample 1: not silence, which is not sent) at
+    /// real-time pace and fails after `left` reads.
     struct Synthetic {
         left: u32,
     }
@@ -314,7 +315,9 @@ mod tests {
                 return Err(SourceError::Read("the synthetic source ended".into()));
             }
             self.left -= 1;
-            bytes.fill(0);
+            for pair in bytes.chunks_exact_mut(2) {
+                pair.copy_from_slice(&1i16.to_le_bytes());
+            }
             std::thread::sleep(Duration::from_millis(2));
             Ok(())
         }

@@ -34,9 +34,11 @@ pub fn state(feed: Option<&AudioFeed>) -> AudioState {
 
 /// Starts recording and encoding; `Ok(None)` when audio is off. The threads reconnect by
 /// themselves, so a sound server that is not (yet) there is not an error: the state is "down".
+/// With `skip_silence`, digital silence is neither encoded nor sent after its first frames.
 pub fn start(
     source: &AudioSource,
     bitrate_kbps: u32,
+    skip_silence: bool,
 ) -> anyhow::Result<Option<(AudioPipeline, AudioFeed)>> {
     let AudioSource::Pulse { server, source } = source else {
         tracing::info!("audio: off");
@@ -48,6 +50,7 @@ pub fn start(
     let config = AudioConfig {
         opus: OpusSettings {
             bitrate_bps: bitrate_kbps.saturating_mul(1000),
+            skip_silence,
         },
         ..AudioConfig::default()
     };
@@ -57,6 +60,12 @@ pub fn start(
     };
     let (pipeline, ring, stats) = AudioPipeline::spawn(Box::new(connector), config)
         .map_err(|err| anyhow::anyhow!("cannot start the audio pipeline: {err}"))?;
-    tracing::info!(%server, %source, bitrate_kbps, "audio: Opus, 10 ms frames, 48 kHz stereo");
+    tracing::info!(
+        %server,
+        %source,
+        bitrate_kbps,
+        skip_silence,
+        "audio: Opus, 10 ms frames, 48 kHz stereo"
+    );
     Ok(Some((pipeline, AudioFeed { ring, stats })))
 }
