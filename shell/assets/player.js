@@ -18,7 +18,14 @@
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
     decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
     clockOffsetMs: null, clockRttMs: null, ended: null,
+    // Frames the pod sent this page that never came (it fell behind and skipped to a keyframe).
+    missedFrames: 0,
+    // The pod sends a frame when the picture changes, and one a second while it does not: a
+    // slow stream with nothing missed is a still picture, not a slow connection.
+    still: false,
   });
+  let lastSeq = null;
+  let lastMessageAt = 0;
 
   function showMessage(text) {
     messageEl.textContent = text;
@@ -139,6 +146,7 @@
     let config = null;
     let prober = null;
     let opened = false;
+    lastSeq = null; // a new connection starts at a fresh keyframe
     socket.onopen = () => {
       opened = true;
       failures = 0;
@@ -161,6 +169,11 @@
       const view = new DataView(ev.data);
       if (view.byteLength < 16 || view.getUint8(0) !== 1) return;
       const key = (view.getUint8(1) & 1) === 1;
+      const seq = view.getUint32(4, true);
+      const step = lastSeq === null ? 1 : (seq - lastSeq) >>> 0; // u32 positions wrap
+      if (step > 1 && step < 1e6) stats.missedFrames += step - 1;
+      lastSeq = seq;
+      lastMessageAt = performance.now();
       stats.messages++;
       stats.bytes += view.byteLength;
       if (key) stats.keyframes++;
@@ -201,14 +214,18 @@
     };
   }
 
-  let last = { t: performance.now(), frames: 0, bytes: 0 };
+  let last = { t: performance.now(), frames: 0, bytes: 0, missed: 0 };
   setInterval(() => {
     const t = performance.now();
     const dt = (t - last.t) / 1000;
     stats.fps = Math.round((stats.framesDecoded - last.frames) / dt);
     stats.kbps = Math.round(((stats.bytes - last.bytes) * 8) / 1000 / dt);
-    last = { t, frames: stats.framesDecoded, bytes: stats.bytes };
     stats.decodeQueue = decoder ? decoder.decodeQueueSize : 0;
+    // A frame at least every second keeps coming while the picture is still; none for 2 s
+    // is a stalled connection.
+    stats.still = stats.connected && stats.framesDecoded > 0 && stats.fps <= 2 &&
+      t - lastMessageAt < 2000 && stats.missedFrames === last.missed && stats.decodeQueue === 0;
+    last = { t, frames: stats.framesDecoded, bytes: stats.bytes, missed: stats.missedFrames };
     const sorted = [...latencies].sort((a, b) => a - b);
     stats.latencyMs = sorted.length ? Math.round(sorted[Math.floor(sorted.length / 2)] * 10) / 10 : null;
     renderOverlay();
@@ -229,7 +246,7 @@
     if (!overlayOn) { statsEl.textContent = 'stats'; return; }
     statsEl.textContent =
       `${stats.connected ? stats.width + 'x' + stats.height + ' ' + stats.codec : 'connecting…'}\n` +
-      `${stats.fps} fps  ${stats.kbps} kbit/s\n` +
+      `${stats.fps} fps${stats.still ? ' (picture still)' : ''}  ${stats.kbps} kbit/s\n` +
       `latency ${stats.latencyMs ?? '–'} ms capture→decoded` +
       `${stats.clockRttMs === null ? '' : ` (clock ±${(stats.clockRttMs / 2).toFixed(1)} ms)`}\n` +
       `queue ${stats.decodeQueue}  ` +

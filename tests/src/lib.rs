@@ -331,6 +331,30 @@ impl Drop for Served {
     }
 }
 
+/// The children of process `pid` named `name`, with their command lines.
+pub fn children_named(pid: u32, name: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ..."
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if comm == name && ppid == Some(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
 /// Decodes an Annex-B H.264 stream with FFmpeg, the independent decoder, into raw pictures of
 /// `pix_fmt` (`rgb24`, `bgr0`, ...), one after the other.
 ///

@@ -22,7 +22,7 @@ use playpod_hotpath::audio::{
 };
 use playpod_hotpath::pipeline::unix_micros;
 use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
-use playpod_tests::{Served, Xvfb, have};
+use playpod_tests::{Served, Xvfb, children_named, have};
 use tokio_tungstenite::tungstenite::Message;
 
 #[global_allocator]
@@ -778,30 +778,6 @@ fn steady_state_audio_frames_allocate_nothing() {
     let (_, one) = count_allocations(|| drop(std::hint::black_box(vec![1u8; 64])));
     assert_eq!(one, 1, "the counter counts");
     drop(pulse);
-}
-
-/// The children of process `pid` named `name`, with their command lines.
-fn children_named(pid: u32, name: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID ..."
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let comm = head.split_once(" (").map_or("", |(_, c)| c);
-        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm == name && ppid == Some(pid) {
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use playpod_tests::browser::{Chromedriver, WAIT_PLAYER, new_session, require_browser};
-use playpod_tests::{Served, Xvfb, g2g, start_game};
+use playpod_tests::{Served, Xvfb, children_named, g2g, start_game};
 use serde_json::{Value, json};
 
 /// Waits in the page for the first decoded frame, then counts the frames decoded in the 3 s
@@ -679,6 +679,104 @@ async fn check_audio(client: &Client, served: &Served) {
         int(&played["video"], "framesDecoded") > 100,
         "the video plays alongside: {played}"
     );
+}
+
+/// Polls `condition` (a JavaScript expression) in the page every 50 ms for up to `secs`;
+/// returns `{ met, stats, text }`: whether it held, the video stats and the overlay's text.
+async fn poll_page(client: &Client, condition: &str, secs: u32) -> Value {
+    let script = format!(
+        r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+(function poll() {{
+  const s = window.playpodStats;
+  const text = document.getElementById('stats').textContent;
+  if ({condition}) done({{ met: true, stats: {{ ...s }}, text }});
+  else if (performance.now() - t0 > {ms}) done({{ met: false, stats: {{ ...s }}, text }});
+  else setTimeout(poll, 50);
+}})();
+",
+        ms = secs * 1000
+    );
+    client
+        .execute_async(&script, vec![])
+        .await
+        .expect("poll the page")
+}
+
+/// Sends SIGCONT to a process stopped with SIGSTOP, also when the test fails in between.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A paused game: the pod sends a frame a second, and the overlay says the picture is still
+/// (rather than leaving a viewer to think the connection is slow); when the game goes on, the
+/// label goes.
+async fn check_still_picture_label(client: &Client, served: &Served) {
+    client.goto(&served.url).await.expect("open the player");
+    let playing = poll_page(client, "s.fps > 20 && !s.still", 30).await;
+    assert_eq!(
+        playing["met"],
+        json!(true),
+        "the game never played: {playing}"
+    );
+    let game = children_named(served.child.id(), "playpod")
+        .into_iter()
+        .find(|(_, cmdline)| cmdline.contains(" game"))
+        .expect("the demo's game process");
+    let paused = Stopped::new(game.0);
+    let still = poll_page(client, "s.still && text.includes('fps (picture still)')", 8).await;
+    eprintln!("game paused: {still}");
+    assert_eq!(still["met"], json!(true), "no still label: {still}");
+    assert_eq!(int(&still["stats"], "missedFrames"), 0, "{still}");
+    drop(paused);
+    let moving = poll_page(
+        client,
+        "s.fps > 20 && !s.still && !text.includes('still')",
+        8,
+    )
+    .await;
+    eprintln!("game going on: {moving}");
+    assert_eq!(moving["met"], json!(true), "the label stayed: {moving}");
+
+    // A stalled connection is not a still picture: the pod itself stopped, nothing comes.
+    let stalled = Stopped::new(served.child.id());
+    let stall = poll_page(client, "performance.now() - t0 > 3000", 5).await;
+    drop(stalled);
+    eprintln!("pod stopped for 3 s: {stall}");
+    assert_eq!(int(&stall["stats"], "fps"), 0, "{stall}");
+    assert_eq!(stall["stats"]["still"], json!(false), "{stall}");
+    assert!(
+        !stall["text"].as_str().unwrap_or_default().contains("still"),
+        "{stall}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_labels_a_still_picture() {
+    in_chromium(&["demo", "--no-audio"], |client, served| {
+        check_still_picture_label(client, served).boxed()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
