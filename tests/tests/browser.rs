@@ -624,6 +624,20 @@ const t0 = performance.now();
 })();
 ";
 
+/// Clicks the sound button (the user gesture that lets the page play sound), then runs the
+/// asynchronous script `watch` and returns what it reports.
+async fn click_sound_then(client: &Client, watch: &str) -> Value {
+    let button = client
+        .find(fantoccini::Locator::Id("audio"))
+        .await
+        .expect("the sound button");
+    button.click().await.expect("click the sound button");
+    client
+        .execute_async(watch, vec![])
+        .await
+        .expect("watch playback")
+}
+
 async fn check_audio(client: &Client, served: &Served) {
     client.goto(&served.url).await.expect("open the player");
     // Decoding starts before any gesture: the AudioDecoder turns every packet into audio data.
@@ -642,16 +656,7 @@ async fn check_audio(client: &Client, served: &Served) {
     assert_eq!(decoded["stats"]["state"], json!("ok"), "{decoded}");
     assert_eq!(int(&decoded["stats"], "decodeErrors"), 0, "{decoded}");
 
-    // A click on the sound button: the user gesture that lets the page play sound.
-    let button = client
-        .find(fantoccini::Locator::Id("audio"))
-        .await
-        .expect("the sound button");
-    button.click().await.expect("click the sound button");
-    let played = client
-        .execute_async(WATCH_PLAYBACK, vec![])
-        .await
-        .expect("watch playback");
+    let played = click_sound_then(client, WATCH_PLAYBACK).await;
     eprintln!("audio after the click: {played}");
     assert!(played.get("error").is_none(), "{played}");
     let (before, after) = (&played["before"], &played["after"]);
@@ -810,15 +815,7 @@ const t0 = performance.now();
 /// page plays each and tells the silences between them from underruns.
 async fn check_audio_silences(client: &Client, served: &Served) {
     client.goto(&served.url).await.expect("open the player");
-    let button = client
-        .find(fantoccini::Locator::Id("audio"))
-        .await
-        .expect("the sound button");
-    button.click().await.expect("click the sound button");
-    let watched = client
-        .execute_async(WATCH_SILENCES, vec![])
-        .await
-        .expect("watch playback");
+    let watched = click_sound_then(client, WATCH_SILENCES).await;
     eprintln!("6 s of Pong's sound: {watched}");
     assert!(watched.get("error").is_none(), "{watched}");
     let (before, after) = (&watched["before"], &watched["after"]);
