@@ -311,8 +311,11 @@ async fn check_overlay(client: &Client) {
     assert!(kbps > 10.0, "the overlay says {kbps} kbit/s: {seen}");
     let latency = number_before(" ms capture→decoded")
         .unwrap_or_else(|| panic!("no latency in the overlay: {seen}"));
+    // On loopback the true figure is ~2 ms (capture, encode, send, decode); the page's
+    // correction to the pod's clock was once seen 6 ms off on a loaded CI machine, so a few
+    // ms below zero still means the capture times are on the right clock.
     assert!(
-        latency > 0.0 && latency < 2000.0,
+        latency > -20.0 && latency < 2000.0,
         "the overlay says {latency} ms: {seen}"
     );
     assert!(
