@@ -56,6 +56,13 @@ class PlaypodAudio extends AudioWorkletProcessor {
 
   ms(frames) { return (frames / sampleRate) * 1000; }
 
+  // Ran dry: play silence and wait to refill to the target. The next chunk tells whether this
+  // was an underrun or a silence the pod did not send.
+  runDry() {
+    this.playing = false; this.buffered = 0; this.pos = 0;
+    this.dryAtUs = this.endUs;
+  }
+
   dropFrames(frames) {
     while (frames > 0 && this.queue.length) {
       const head = this.queue[0];
@@ -76,11 +83,7 @@ class PlaypodAudio extends AudioWorkletProcessor {
       this.dropFrames(this.buffered - Math.round((TARGET_MS / 1000) * sampleRate));
     }
     if (!this.playing && this.ms(this.buffered) >= TARGET_MS) this.playing = true;
-    if (this.playing && !this.queue.length) {
-      // Ran dry at a quantum's edge: as below.
-      this.playing = false; this.buffered = 0; this.pos = 0;
-      this.dryAtUs = this.endUs;
-    }
+    if (this.playing && !this.queue.length) this.runDry(); // at a quantum's edge
     if (!this.playing || !this.queue.length) {
       l.fill(0); if (r !== l) r.fill(0);
       this.report();
@@ -117,13 +120,8 @@ class PlaypodAudio extends AudioWorkletProcessor {
         chunk = this.queue[0];
       }
       if (!chunk) {
-        // Ran dry: play silence and wait to refill to the target. The next chunk tells
-        // whether this was an underrun or a silence the pod did not send.
         l.fill(0, i); if (r !== l) r.fill(0, i);
-        this.dryAtUs = this.endUs;
-        this.playing = false;
-        this.buffered = 0;
-        this.pos = 0;
+        this.runDry();
         break;
       }
       const k = Math.floor(this.pos);

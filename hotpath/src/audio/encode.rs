@@ -161,43 +161,18 @@ mod tests {
 
     #[test]
     fn packets_decode_back_to_the_tone() {
-        let (ring, writer) = Ring::new(RingConfig {
-            slots: 64,
-            slot_bytes: 1536,
-            max_readers: 4,
-        });
-        let stats = Arc::new(AudioStats::default());
-        let mut stage = OpusStage::new(writer, stats.clone(), OpusSettings::default()).unwrap();
-        let mut reader = ring.subscribe().unwrap();
-        let mut decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Stereo).unwrap();
-        let mut decoded = Vec::new();
-        let mut frame = PcmFrame::default();
-        for n in 0..50u64 {
-            for (i, pair) in frame.samples.chunks_exact_mut(2).enumerate() {
-                let t = (n as usize * FRAME_SAMPLES + i) as f64 / f64::from(SAMPLE_RATE);
-                let v = (8_000.0 * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()) as i16;
-                pair.copy_from_slice(&[v, v]);
-            }
-            frame.capture_us = 1_000 + n * 10_000;
-            let seq = stage.encode(&frame).unwrap();
-            assert_eq!(seq, Some(n));
-            let mut packet = Vec::new();
-            let ReadOutcome::Frame(meta) = reader.try_read(&mut packet) else {
-                panic!("no packet for frame {n}");
-            };
-            assert_eq!(meta.capture_us, frame.capture_us);
-            assert!(packet.len() < 400, "{} bytes for 10 ms", packet.len());
-            let mut pcm = [0i16; FRAME_VALUES];
-            let got = decoder.decode(&packet, &mut pcm, false).unwrap();
-            assert_eq!(got, FRAME_SAMPLES);
-            decoded.extend(pcm.iter().step_by(2).map(|&s| f64::from(s)));
+        let run = run_script(&[Some(8_000.0); 50], true);
+        // A packet for every frame, read at once, in order.
+        assert_eq!(run.results, (0..50).map(Some).collect::<Vec<_>>());
+        assert_eq!(run.decoded.len(), 50);
+        for len in &run.lengths {
+            assert!(*len < 400, "{len} bytes for 10 ms");
         }
         // After the codec's start-up, the level is back within a few percent.
-        let tail = &decoded[decoded.len() / 2..];
-        let rms = (tail.iter().map(|s| s * s).sum::<f64>() / tail.len() as f64).sqrt();
+        let rms = rms(&run.decoded[25..].concat());
         let want = 8_000.0 / 2f64.sqrt();
         assert!((rms - want).abs() < want * 0.1, "rms {rms} vs {want}");
-        assert_eq!(stats.packets.load(Ordering::Relaxed), 50);
+        assert_eq!(run.stats.packets.load(Ordering::Relaxed), 50);
     }
 
     /// A 1 kHz tone at `level` for frame `n` (phase continuous across frames).
@@ -209,13 +184,20 @@ mod tests {
         }
     }
 
+    /// What [`run_script`] saw.
+    struct Run {
+        /// What `encode` gave for each frame.
+        results: Vec<Option<u64>>,
+        /// The decoded left channel of each packet read, and its length in bytes.
+        decoded: Vec<Vec<f64>>,
+        lengths: Vec<usize>,
+        stats: Arc<AudioStats>,
+    }
+
     /// Runs `script` (per frame: `Some(level)` a tone, `None` silence; level 0.0 means one
-    /// sample of 1 in an otherwise silent frame) through a stage; returns what each frame gave,
-    /// the decoded left channel of the packets read, and the stats.
-    fn run_script(
-        script: &[Option<f64>],
-        skip_silence: bool,
-    ) -> (Vec<Option<u64>>, Vec<Vec<f64>>, Arc<AudioStats>) {
+    /// sample of 1 in an otherwise silent frame) through a stage, reading and decoding the
+    /// packet of each frame at once.
+    fn run_script(script: &[Option<f64>], skip_silence: bool) -> Run {
         let (ring, writer) = Ring::new(RingConfig {
             slots: 64,
             slot_bytes: 1536,
@@ -229,7 +211,7 @@ mod tests {
         let mut stage = OpusStage::new(writer, stats.clone(), settings).unwrap();
         let mut reader = ring.subscribe().unwrap();
         let mut decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Stereo).unwrap();
-        let (mut results, mut decoded) = (Vec::new(), Vec::new());
+        let (mut results, mut decoded, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
         let mut frame = PcmFrame::default();
         for (n, step) in script.iter().enumerate() {
             frame.samples.fill(0);
@@ -249,9 +231,15 @@ mod tests {
                     FRAME_SAMPLES
                 );
                 decoded.push(pcm.iter().step_by(2).map(|&s| f64::from(s)).collect());
+                lengths.push(packet.len());
             }
         }
-        (results, decoded, stats)
+        Run {
+            results,
+            decoded,
+            lengths,
+            stats,
+        }
     }
 
     fn rms(x: &[f64]) -> f64 {
@@ -266,7 +254,12 @@ mod tests {
         script.push(Some(0.0));
         script.extend([None; 5]);
         script.extend([Some(8_000.0); 20]);
-        let (results, decoded, stats) = run_script(&script, true);
+        let Run {
+            results,
+            decoded,
+            stats,
+            ..
+        } = run_script(&script, true);
         let sent: Vec<usize> = (0..script.len())
             .filter(|&n| results[n].is_some())
             .collect();
@@ -298,7 +291,12 @@ mod tests {
     fn with_skipping_off_every_frame_is_sent() {
         let mut script = vec![Some(8_000.0); 5];
         script.extend([None; 20]);
-        let (results, decoded, stats) = run_script(&script, false);
+        let Run {
+            results,
+            decoded,
+            stats,
+            ..
+        } = run_script(&script, false);
         assert!(results.iter().all(Option::is_some), "{results:?}");
         assert_eq!(decoded.len(), 25);
         assert_eq!(stats.frames_silent.load(Ordering::Relaxed), 0);
@@ -306,7 +304,7 @@ mod tests {
 
     #[test]
     fn silence_from_the_start_sends_only_its_first_frames() {
-        let (results, _, stats) = run_script(&[None; 50], true);
+        let Run { results, stats, .. } = run_script(&[None; 50], true);
         let sent = results.iter().flatten().count();
         assert_eq!(sent, SILENCE_TAIL_FRAMES as usize);
         assert_eq!(stats.frames_silent.load(Ordering::Relaxed), 47);
