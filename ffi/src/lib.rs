@@ -7,7 +7,7 @@
 //! - [`AttachedShm`]: a read-only attachment of the SysV segment Xvfb makes with `-shmem`.
 //! - [`OwnedShm`]: a private SysV segment we create for MIT-SHM `XShmGetImage`, removed
 //!   as soon as it is attached so it can never outlive the process.
-//! - [`die_with_parent`] and [`terminate`]: child processes that cannot outlive `playpod demo`.
+//! - [`supervised`] and [`terminate`]: child processes that cannot outlive `playpod demo` and that only it stops.
 //! - [`CountingAllocator`]: the system allocator, counting, for zero-allocation tests.
 //! - [`cuda`]: BGRX -> YUV 4:2:0 on the GPU, reading the registered framebuffer in place.
 //! - [`nvenc`]: NVENC bindings (bindgen, API 12.1) loaded at run time, and a safe session layer.
@@ -30,6 +30,6 @@ mod process;
 mod shm;
 
 pub use alloc_count::{CountingAllocator, count_allocations};
-pub use process::{die_with_parent, terminate};
+pub use process::{supervised, terminate};
 
 pub use shm::{AttachedShm, MappedFile, OwnedShm, ShmError, remove_shm_segment};

@@ -362,8 +362,11 @@ impl Pipeline {
             .name("playpod-frames".into())
             .spawn(move || {
                 if let Some(core) = config.pin_core {
-                    let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                    tracing::info!(core, pinned, "frame thread pinned");
+                    if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::debug!(core, "frame thread pinned");
+                    } else {
+                        tracing::warn!(core, "cannot pin the frame thread to its core");
+                    }
                 }
                 frame_loop(&mut stage, config, &thread_stop)
             })?;

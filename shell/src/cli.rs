@@ -98,7 +98,12 @@ pub struct StreamArgs {
     /// silent 10 ms frames have followed the last sound; the player plays silence meanwhile.
     #[arg(long)]
     pub every_frame: bool,
-    /// Pin the frame thread to this CPU core (default: the last core, when there are several).
+    /// Pin the frame thread to this CPU core; the player threads go on others.
+    ///
+    /// By default: where the process's CPU affinity is narrower than the machine (cores of its
+    /// own, as a Kubernetes cpuset gives), the last of them; where it is the whole machine,
+    /// `demo` uses the machine's last core and `pod` pins nothing, as the machine's cores are
+    /// shared with other pods. The choice is logged at start.
     #[arg(long)]
     pub pin_core: Option<usize>,
     /// Do not pin the frame thread and the player input threads to cores.

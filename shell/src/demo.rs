@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::audio::AudioSource;
 use crate::audio::daemon::{self, PulseDaemon, PulseHome};
 use crate::cli::{DemoArgs, LogFormat};
+use crate::cores::{Machine, Placement};
 use crate::display::DisplayWatch;
 use crate::game::Scene;
 use crate::session::{self, Session};
@@ -51,7 +52,7 @@ struct Managed {
 
 impl Managed {
     fn spawn(name: &'static str, mut cmd: std::process::Command) -> anyhow::Result<Self> {
-        playpod_ffi::die_with_parent(&mut cmd);
+        playpod_ffi::supervised(&mut cmd);
         let mut cmd = Command::from(cmd);
         cmd.kill_on_drop(true);
         let child = cmd
@@ -309,7 +310,8 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let xvfb_path = find_program("Xvfb").ok_or_else(|| {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
-    // Bind first: a taken port fails before anything is started.
+    // Check the cores and bind first: a bad core or a taken port fails before anything starts.
+    let cores = Placement::decide_here(&args.stream, Machine::Ours)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let mut display = match args.display {
@@ -393,7 +395,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
         // Only for the damage: the demo watches its Xvfb as its child.
         let watch = DisplayWatch::start(&screen, !args.stream.every_frame)?;
         let mut session =
-            Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio)?;
+            Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio, cores)?;
         // Players' keys go into the demo's own virtual screen, where the game reads them.
         session.start_input(&screen, &args.stream, tls.as_ref())?;
         let mut died = None;

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod audio;
 pub mod cli;
 pub mod control;
+pub mod cores;
 pub mod demo;
 pub mod display;
 pub mod game;

@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
+
 use clap::Parser;
 use playpod::cli::{Cli, Command, LogFormat};
 
@@ -37,8 +39,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file, a pipe or a container's log gets plain
+    // text (and NO_COLOR turns them off anywhere, https://no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

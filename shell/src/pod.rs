@@ -6,6 +6,7 @@ use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment,
 
 use crate::audio::AudioSource;
 use crate::cli::PodArgs;
+use crate::cores::{Machine, Placement};
 use crate::display::DisplayWatch;
 use crate::session::{self, Session};
 
@@ -75,6 +76,7 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
     // Signal handlers first, in place for all that follows (waiting for the display too).
     let mut stop_signal = std::pin::pin!(session::shutdown_signal());
+    let cores = Placement::decide_here(&args.stream, Machine::Shared)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let (source, watch) = tokio::select! {
@@ -94,7 +96,7 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
         }
     };
     let mut session =
-        Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio)?;
+        Session::start_with_audio(source, watch.screen_changes(), &args.stream, &audio, cores)?;
     // Players' keys go into the display the pod streams.
     session.start_input(&args.display, &args.stream, tls.as_ref())?;
     let health = session.state.health.clone();

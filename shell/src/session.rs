@@ -17,6 +17,7 @@ use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig, Unchanged}
 
 use crate::audio::AudioSource;
 use crate::cli::{EncoderChoice, StreamArgs};
+use crate::cores::{Machine, Placement};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Health, StreamInfo};
 use crate::token::random_token;
@@ -30,6 +31,8 @@ pub struct Session {
     pub input: Option<crate::input::PlayerThreads>,
     /// The audio capture and encoder threads, when audio is on; stopped on drop.
     pub audio: Option<AudioPipeline>,
+    /// The cores the frame thread and the player threads run on.
+    cores: Placement,
 }
 
 /// The video path: the encoder, the GPU converter when conversion runs there, and why.
@@ -101,32 +104,31 @@ fn make_video_path(choice: EncoderChoice, settings: EncoderSettings) -> anyhow::
     }
 }
 
-/// The core the frame thread goes on: the flag's, else the last core when there are several.
-fn pin_core(args: &StreamArgs) -> Option<usize> {
-    if args.no_pin {
-        return None;
-    }
-    args.pin_core.or_else(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores > 1).then_some(cores - 1)
-    })
-}
-
 impl Session {
     /// Starts the frame thread over `source`, with no audio and no damage tracking.
     pub fn start(source: Box<dyn FrameSource>, args: &StreamArgs) -> anyhow::Result<Self> {
-        Self::start_with_audio(source, None, args, &AudioSource::Off)
+        let cores = Placement::decide_here(args, Machine::Shared)?;
+        Self::start_with_audio(source, None, args, &AudioSource::Off, cores)
     }
 
     /// Starts the frame thread over `source`, and the audio threads recording `audio`
     /// (unless `--no-audio`). `changes`, when the display's damage is tracked, lets the frame
-    /// thread skip reading the screen when nothing was drawn.
+    /// thread skip reading the screen when nothing was drawn. `cores`: where the frame thread
+    /// and the player threads run ([`Placement::decide_here`], before anything else starts).
     pub fn start_with_audio(
         source: Box<dyn FrameSource>,
         changes: Option<ScreenChanges>,
         args: &StreamArgs,
         audio: &AudioSource,
+        cores: Placement,
     ) -> anyhow::Result<Self> {
+        tracing::info!(
+            frame_thread = ?cores.frame,
+            player_threads = ?cores.players,
+            reason = %cores.reason,
+            "{}",
+            if cores.frame.is_some() { "threads pinned to cores" } else { "threads not pinned" }
+        );
         let (width, height) = (u32::from(args.size.0), u32::from(args.size.1));
         let settings = EncoderSettings {
             width,
@@ -180,7 +182,7 @@ impl Session {
             stage,
             PipelineConfig {
                 fps: args.fps,
-                pin_core: pin_core(args),
+                pin_core: cores.frame,
                 always_encode: false,
             },
         )
@@ -217,6 +219,7 @@ impl Session {
             state,
             input: None,
             audio: audio_threads,
+            cores,
         })
     }
 
@@ -232,8 +235,7 @@ impl Session {
         let setup = crate::input::InputSetup {
             display: display.to_owned(),
             args: args.input.clone(),
-            pin: !args.no_pin,
-            frame_core: pin_core(args),
+            cores: self.cores.players,
             listen_ip: args.listen.ip(),
             token: self.state.token.clone(),
             tls: tls.map(|tls| tls.get_inner()),
@@ -328,6 +330,7 @@ pub async fn serve(
         state,
         input,
         audio,
+        cores: _,
     } = session;
     if let Err(err) = pipeline.stop() {
         if state.health.game_over() {
@@ -428,7 +431,7 @@ where
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP. The handlers are installed by this call, not when the future
 /// is first polled: a signal that arrives in between (say right after the `playpod: open` line)
 /// must start the graceful shutdown, not kill the process with the default action and leave its
 /// children's framebuffer files and segments behind.
@@ -441,6 +444,9 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     };
     let mut ctrl_c = watch(SignalKind::interrupt(), "Ctrl-C (SIGINT)");
     let mut term = watch(SignalKind::terminate(), "SIGTERM");
+    // The terminal it was started from closed (an SSH session dropped): stop as cleanly as on
+    // Ctrl-C instead of dying with the framebuffer and the sound server's files left behind.
+    let mut hangup = watch(SignalKind::hangup(), "SIGHUP");
     async fn recv(signal: Option<&mut Signal>) {
         match signal {
             Some(signal) => {
@@ -453,6 +459,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         tokio::select! {
             () = recv(ctrl_c.as_mut()) => tracing::info!("Ctrl-C: stopping"),
             () = recv(term.as_mut()) => tracing::info!("SIGTERM: stopping"),
+            () = recv(hangup.as_mut()) => tracing::info!("SIGHUP (terminal closed): stopping"),
         }
     }
 }

@@ -170,7 +170,7 @@ fn stop_gently(child: &mut Child, grace: Duration) {
 
 /// `child`'s exit status once it has exited; `None` if it still runs after `limit` (or cannot
 /// be waited for).
-fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -217,14 +217,19 @@ pub struct Served {
 impl Served {
     /// Starts `playpod ARGS... --listen 127.0.0.1:0` and waits for the URL line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(playpod_bin())
-            .args(args)
+        Self::start_with(args, |_| {})
+    }
+
+    /// [`Served::start`], `configure` given the command before it is spawned.
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new(playpod_bin());
+        cmd.args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start playpod");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("start playpod");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let kept = std::sync::Arc::clone(&log);

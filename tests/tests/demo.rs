@@ -1,10 +1,12 @@
-//! `playpod demo` as a user runs it: started and stopped (SIGTERM) by the test, it leaves no child
-//! process, framebuffer file, shared-memory segment or X lock file behind, with the framebuffer
+//! `playpod demo` as a user runs it: started and stopped by the test (SIGTERM, Ctrl-C in a
+//! terminal, the terminal closing), it stops its children in order and leaves no child process,
+//! framebuffer file, shared-memory segment, sound-server directory or X lock file behind, with the framebuffer
 //! in a file (`-fbdir`, the default) and in a SysV segment (`--shmem`). And when Xvfb cannot
 //! start (not installed, display taken) it exits non-zero saying what to do.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -133,7 +135,37 @@ fn eventually(mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn starts_and_stops_cleanly(extra: &[&str]) {
+/// How the demo is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM to the demo alone, as Kubernetes or a process manager does.
+    Term,
+    /// SIGINT to its whole process group, as a terminal's Ctrl-C does: the demo runs as a
+    /// foreground job, leader of its group.
+    CtrlC,
+    /// SIGHUP, as when the terminal it was started from closes.
+    Hangup,
+}
+
+impl Stop {
+    fn send(self, demo: &mut Served) -> ExitStatus {
+        let pid = demo.child.id().to_string();
+        let (signal, target) = match self {
+            Stop::Term => return demo.terminate(),
+            Stop::CtrlC => ("-INT", format!("-{pid}")),
+            Stop::Hangup => ("-HUP", pid),
+        };
+        let sent = Command::new("kill")
+            .args([signal, "--", &target])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} -- {target}: {sent}");
+        playpod_tests::exited_within(&mut demo.child, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("the demo did not exit within 15 s of {self:?}"))
+    }
+}
+
+fn starts_and_stops_cleanly(extra: &[&str], stop: Stop) {
     let _one = ONE_DEMO_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -144,7 +176,11 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
     let started = Instant::now();
     let mut args = vec!["demo"];
     args.extend_from_slice(extra);
-    let mut demo = Served::start(&args);
+    let mut demo = Served::start_with(&args, |cmd| {
+        if stop == Stop::CtrlC {
+            cmd.process_group(0);
+        }
+    });
     let demo_pid = demo.child.id();
     eprintln!(
         "demo {extra:?} serving after {:.2} s",
@@ -165,6 +201,17 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
     assert!(
         children.iter().any(Proc::is_game),
         "no `playpod game` among the demo's children: {names:?}"
+    );
+    // Its sound server's home: the directory of the configuration it was started with.
+    let pulse_home = children
+        .iter()
+        .find(|p| p.program() == "pulseaudio")
+        .and_then(|p| Some(PathBuf::from(p.arg_after("-F")?).parent()?.to_path_buf()))
+        .unwrap_or_else(|| panic!("no PulseAudio among the demo's children: {names:?}"));
+    assert!(
+        pulse_home.is_dir(),
+        "{} missing while PulseAudio runs",
+        pulse_home.display()
     );
     let display: u32 = xvfb
         .cmdline
@@ -218,12 +265,12 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
 
     // Stop it the way a user or Kubernetes does.
     let stopping = Instant::now();
-    let status = demo.terminate();
+    let status = stop.send(&mut demo);
     eprintln!(
-        "demo {extra:?} exited ({status}) {:.2} s after SIGTERM",
+        "demo {extra:?} exited ({status}) {:.2} s after {stop:?}",
         stopping.elapsed().as_secs_f64()
     );
-    assert!(status.success(), "demo exited with {status} on SIGTERM");
+    assert!(status.success(), "demo exited with {status} on {stop:?}");
     // Stopped right after its start, every thread still stops: the sound server's monitor
     // gives samples from the start (its null sink is not left rendering a first 2-s block), so
     // the audio capture is not stuck in a read that stopping would have to abandon.
@@ -235,6 +282,22 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
     assert!(
         !log.contains("blocked in a read"),
         "the audio capture was stuck when the demo stopped: {log}"
+    );
+    // Written to a pipe, the log is plain text for whoever reads or ships it.
+    assert!(
+        !log.contains('\x1b'),
+        "terminal colour codes in a log written to a pipe: {log}"
+    );
+    // Stopped in order: the stream and the game before the sound server and the screen, so
+    // nothing complains of a server gone (as when Ctrl-C reached every child at once).
+    let complaints: Vec<&str> = log
+        .lines()
+        .skip_while(|line| !line.contains("stopping"))
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "warnings or errors while stopping on {stop:?}: {complaints:#?}"
     );
 
     let alive = || -> Vec<String> {
@@ -293,6 +356,12 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
     }
 
     assert!(
+        eventually(|| !pulse_home.exists()),
+        "the sound server's directory {} is still there",
+        pulse_home.display()
+    );
+
+    assert!(
         eventually(|| !lock.exists() && !socket.exists()),
         "display :{display} not released: lock file {} {}, socket {} {}",
         lock.display(),
@@ -308,12 +377,22 @@ fn starts_and_stops_cleanly(extra: &[&str]) {
 
 #[test]
 fn demo_with_framebuffer_file_leaves_nothing_behind() {
-    starts_and_stops_cleanly(&[]);
+    starts_and_stops_cleanly(&[], Stop::Term);
 }
 
 #[test]
 fn demo_with_shm_segment_leaves_nothing_behind() {
-    starts_and_stops_cleanly(&["--shmem"]);
+    starts_and_stops_cleanly(&["--shmem"], Stop::Term);
+}
+
+#[test]
+fn demo_stopped_by_ctrl_c_in_a_terminal_stops_its_children_in_order() {
+    starts_and_stops_cleanly(&[], Stop::CtrlC);
+}
+
+#[test]
+fn demo_whose_terminal_closes_leaves_nothing_behind() {
+    starts_and_stops_cleanly(&["--shmem"], Stop::Hangup);
 }
 
 /// Runs a `playpod` that is expected to fail on its own; its exit status and stderr.
@@ -365,6 +444,41 @@ fn demo_without_xvfb_says_how_to_install_it() {
     assert!(
         stderr.contains("apt-get install xvfb"),
         "stderr does not say how to install Xvfb: {stderr}"
+    );
+}
+
+#[test]
+fn demo_refuses_a_core_it_may_not_run_on_before_starting_anything() {
+    // One past the last core the test may run on.
+    let cores = std::fs::read_to_string("/proc/self/status")
+        .expect("read /proc/self/status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+        .expect("Cpus_allowed_list");
+    let last: usize = cores
+        .rsplit([',', '-'])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .expect("a core number");
+    let mut cmd = Command::new(playpod_bin());
+    cmd.args(["demo", "--listen", "127.0.0.1:0", "--pin-core"])
+        .arg((last + 1).to_string());
+    let (status, stderr) = run_to_exit(cmd);
+    assert!(!status.success(), "demo on a core it may not use: {status}");
+    assert!(
+        stderr.contains(&format!(
+            "--pin-core {}: this process may only run on cores {cores}",
+            last + 1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("virtual screen ready"),
+        "it started Xvfb before refusing: {stderr}"
     );
 }
 

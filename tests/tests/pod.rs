@@ -236,3 +236,94 @@ fn pod_gives_up_waiting_clearly() {
         "{err}"
     );
 }
+
+/// The CPUs a thread named `name` of process `pid` may run on (its `Cpus_allowed_list`), once
+/// the thread exists (up to 10 s).
+fn thread_cpus(pid: u32, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .and_then(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|l| l.trim().to_owned())
+            });
+        if let Some(cpus) = found {
+            return cpus;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no thread {name} in playpod {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The CPUs this test process may run on, as a list and one by one.
+fn own_cpus() -> (String, Vec<usize>) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned();
+    let cpus = list
+        .split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect();
+    (list, cpus)
+}
+
+/// A session pod runs on a node it shares with other pods: it pins no thread unless told, as
+/// pods that each pinned their frame thread to "the last core" would all queue on that core.
+/// Told a core (`--pin-core`) its frame thread runs there and the players' threads elsewhere;
+/// a core it may not run on is refused at start, naming the ones it may.
+#[test]
+fn pod_pins_threads_only_where_told() {
+    let xvfb = Xvfb::start(640, 480);
+    let (all, cpus) = own_cpus();
+
+    let mut served = Served::start_owned(&xvfb.pod_args(&[]));
+    let pid = served.child.id();
+    // Frames come: the frame thread is past where it would have pinned itself.
+    check_stream(&served, 640);
+    for thread in ["playpod-frames", "player-1", "player-2"] {
+        assert_eq!(thread_cpus(pid, thread), all, "{thread} of an unpinned pod");
+    }
+    assert!(served.terminate().success());
+    let log = served.log();
+    assert!(log.contains("threads not pinned"), "{log}");
+
+    let first = cpus[0];
+    let mut served = Served::start_owned(&xvfb.pod_args(&["--pin-core", &first.to_string()]));
+    let pid = served.child.id();
+    assert_eq!(thread_cpus(pid, "playpod-frames"), first.to_string());
+    let player_core = cpus.get(1).copied().unwrap_or(first).to_string();
+    for thread in ["player-1", "player-2"] {
+        assert_eq!(thread_cpus(pid, thread), player_core, "{thread}");
+    }
+    assert!(served.terminate().success());
+
+    let outside = (cpus.last().unwrap() + 1).to_string();
+    let args = xvfb.pod_args(&["--pin-core", &outside, "--listen", "127.0.0.1:0"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = playpod_tests::playpod_fails(&args);
+    assert!(
+        err.contains(&format!(
+            "--pin-core {outside}: this process may only run on cores {all}"
+        )),
+        "{err}"
+    );
+}

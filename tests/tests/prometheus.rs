@@ -141,7 +141,7 @@ impl Prometheus {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log);
-            playpod_ffi::die_with_parent(&mut cmd);
+            playpod_ffi::supervised(&mut cmd);
             let mut child = Guard(cmd.spawn().expect("start prometheus"));
             let origin = format!("http://127.0.0.1:{port}");
             let started = Instant::now();

@@ -110,7 +110,7 @@ impl PulseDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        playpod_ffi::die_with_parent(&mut cmd);
+        playpod_ffi::supervised(&mut cmd);
         let mut cmd = Command::from(cmd);
         cmd.kill_on_drop(true);
         let child = cmd.spawn().context("cannot start pulseaudio")?;

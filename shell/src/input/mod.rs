@@ -164,29 +164,13 @@ pub struct InputSetup {
     /// The X display keys go to.
     pub display: String,
     pub args: InputArgs,
-    /// Pin the player threads (`--no-pin` clears it).
-    pub pin: bool,
-    /// The frame thread's core, which the player threads avoid when there are others.
-    pub frame_core: Option<usize>,
+    /// The cores of players 1 and 2 (see [`crate::cores::Placement`]).
+    pub cores: [Option<usize>; 2],
     /// The IP of `--listen`, for `--input-port-N`.
     pub listen_ip: IpAddr,
     pub token: String,
     /// TLS for `--input-port-N` when the session serves HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// The cores of players 1 and 2: cores other than the frame thread's when there are some.
-pub fn player_cores(all: &[usize], frame_core: Option<usize>) -> [Option<usize>; 2] {
-    let others: Vec<usize> = all
-        .iter()
-        .copied()
-        .filter(|&c| Some(c) != frame_core)
-        .collect();
-    let pool = if others.is_empty() { all } else { &others };
-    if pool.is_empty() {
-        return [None, None];
-    }
-    [Some(pool[0]), Some(pool[1 % pool.len()])]
 }
 
 /// The running player threads and port listeners; dropping it closes every input connection
@@ -216,16 +200,7 @@ impl PlayerThreads {
                 listeners.push((player, listener));
             }
         }
-        let cores = if setup.pin {
-            let all: Vec<usize> = core_affinity::get_core_ids()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| c.id)
-                .collect();
-            player_cores(&all, setup.frame_core)
-        } else {
-            [None, None]
-        };
+        let cores = setup.cores;
         let mut running = Self {
             players: players.clone(),
             threads: Vec::new(),
@@ -297,15 +272,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         input: InputArgs,
-    }
-
-    #[test]
-    fn cores_avoid_the_frame_thread() {
-        assert_eq!(player_cores(&[0, 1], Some(1)), [Some(0), Some(0)]);
-        assert_eq!(player_cores(&[0, 1, 2, 3], Some(3)), [Some(0), Some(1)]);
-        assert_eq!(player_cores(&[0], Some(0)), [Some(0), Some(0)]);
-        assert_eq!(player_cores(&[0, 1, 2], None), [Some(0), Some(1)]);
-        assert_eq!(player_cores(&[], None), [None, None]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
         if core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::debug!(player, core = id, "player thread pinned");
         } else {
-            tracing::info!(
+            tracing::warn!(
                 player,
                 core = id,
                 "cannot pin the player thread to its core"
