@@ -491,3 +491,23 @@ impl playpod_hotpath::capture::FrameSource for MovingPattern {
         })
     }
 }
+
+/// The CPUs this process may run on (its affinity), as the kernel lists them (`0-3,6`) and
+/// one by one.
+pub fn allowed_cpus() -> (String, Vec<usize>) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned();
+    let cpus = list
+        .split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect();
+    (list, cpus)
+}

@@ -450,20 +450,8 @@ fn demo_without_xvfb_says_how_to_install_it() {
 #[test]
 fn demo_refuses_a_core_it_may_not_run_on_before_starting_anything() {
     // One past the last core the test may run on.
-    let cores = std::fs::read_to_string("/proc/self/status")
-        .expect("read /proc/self/status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Cpus_allowed_list:")
-                .map(str::trim)
-                .map(str::to_owned)
-        })
-        .expect("Cpus_allowed_list");
-    let last: usize = cores
-        .rsplit([',', '-'])
-        .next()
-        .and_then(|c| c.parse().ok())
-        .expect("a core number");
+    let (cores, each) = playpod_tests::allowed_cpus();
+    let last = *each.last().expect("a core");
     let mut cmd = Command::new(playpod_bin());
     cmd.args(["demo", "--listen", "127.0.0.1:0", "--pin-core"])
         .arg((last + 1).to_string());

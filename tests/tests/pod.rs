@@ -267,25 +267,6 @@ fn thread_cpus(pid: u32, name: &str) -> String {
     }
 }
 
-/// The CPUs this test process may run on, as a list and one by one.
-fn own_cpus() -> (String, Vec<usize>) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list")
-        .trim()
-        .to_owned();
-    let cpus = list
-        .split(',')
-        .flat_map(|part| {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
-        })
-        .collect();
-    (list, cpus)
-}
-
 /// A session pod runs on a node it shares with other pods: it pins no thread unless told, as
 /// pods that each pinned their frame thread to "the last core" would all queue on that core.
 /// Told a core (`--pin-core`) its frame thread runs there and the players' threads elsewhere;
@@ -293,7 +274,7 @@ fn own_cpus() -> (String, Vec<usize>) {
 #[test]
 fn pod_pins_threads_only_where_told() {
     let xvfb = Xvfb::start(640, 480);
-    let (all, cpus) = own_cpus();
+    let (all, cpus) = playpod_tests::allowed_cpus();
 
     let mut served = Served::start_owned(&xvfb.pod_args(&[]));
     let pid = served.child.id();
