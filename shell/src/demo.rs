@@ -48,6 +48,8 @@ fn free_display(from: u32) -> anyhow::Result<u32> {
 struct Managed {
     name: &'static str,
     child: Child,
+    /// Copies what the child writes on stderr to ours, line by line.
+    forward: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Managed {
@@ -58,23 +60,54 @@ impl Managed {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        Ok(Self { name, child })
+        Ok(Self {
+            name,
+            child,
+            forward: None,
+        })
+    }
+
+    /// [`Managed::spawn`] for a child that logs: its stderr is a pipe the demo copies onto its
+    /// own. In a process group of its own the child is a background job of the terminal, and
+    /// a background job that writes to a terminal set to `tostop` is stopped (SIGTTOU).
+    fn spawn_logging(name: &'static str, mut cmd: std::process::Command) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut managed = Self::spawn(name, cmd)?;
+        if let Some(stderr) = managed.child.stderr.take() {
+            managed.forward = Some(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let mut lines = BufReader::new(stderr).split(b'\n');
+                let mut out = tokio::io::stderr();
+                while let Ok(Some(mut line)) = lines.next_segment().await {
+                    line.push(b'\n');
+                    if out.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = out.flush().await;
+            }));
+        }
+        Ok(managed)
     }
 
     /// Asks the child to exit (SIGTERM), then kills it if it has not within [`STOP_TIMEOUT`].
     async fn stop(mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Some(pid) = self.child.id() {
-            let _ = playpod_ffi::terminate(pid);
-        }
-        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(_) => tracing::debug!(child = self.name, "stopped"),
-            Err(_) => {
-                tracing::warn!(child = self.name, "did not stop on SIGTERM; killing it");
-                let _ = self.child.kill().await;
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        if !exited {
+            if let Some(pid) = self.child.id() {
+                let _ = playpod_ffi::terminate(pid);
             }
+            match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+                Ok(_) => tracing::debug!(child = self.name, "stopped"),
+                Err(_) => {
+                    tracing::warn!(child = self.name, "did not stop on SIGTERM; killing it");
+                    let _ = self.child.kill().await;
+                }
+            }
+        }
+        // Its last lines, written before it exited.
+        if let Some(forward) = self.forward.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), forward).await;
         }
     }
 }
@@ -388,7 +421,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
             None => AudioSource::Off,
         };
         let pulse_server = pulse_home.as_ref().map(PulseHome::server);
-        let mut game = Managed::spawn(
+        let mut game = Managed::spawn_logging(
             "game",
             game_command(&args, log_format, display, pulse_server.as_deref())?,
         )?;

@@ -202,6 +202,27 @@ fn starts_and_stops_cleanly(extra: &[&str], stop: Stop) {
         children.iter().any(Proc::is_game),
         "no `playpod game` among the demo's children: {names:?}"
     );
+    // No child writes where the demo does: in process groups of their own they are background
+    // jobs of the demo's terminal, and one writing to a terminal set to `tostop` is stopped.
+    let standard = |pid: u32| -> Vec<String> {
+        (0..3)
+            .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .filter(|target| target != "/dev/null")
+            .collect()
+    };
+    let demo_outputs = standard(demo_pid);
+    for child in &children {
+        let shared: Vec<String> = standard(child.pid)
+            .into_iter()
+            .filter(|target| demo_outputs.contains(target))
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{} writes to the demo's own stdin/stdout/stderr {shared:?}",
+            child.cmdline.join(" ")
+        );
+    }
     // Its sound server's home: the directory of the configuration it was started with.
     let pulse_home = children
         .iter()
