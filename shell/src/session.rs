@@ -31,8 +31,8 @@ pub struct Session {
     pub input: Option<crate::input::PlayerThreads>,
     /// The audio capture and encoder threads, when audio is on; stopped on drop.
     pub audio: Option<AudioPipeline>,
-    /// The cores the frame thread and the player threads run on.
-    cores: Placement,
+    /// The cores of the player threads, for [`Session::start_input`].
+    player_cores: [Option<usize>; 2],
 }
 
 /// The video path: the encoder, the GPU converter when conversion runs there, and why.
@@ -219,7 +219,7 @@ impl Session {
             state,
             input: None,
             audio: audio_threads,
-            cores,
+            player_cores: cores.players,
         })
     }
 
@@ -235,7 +235,7 @@ impl Session {
         let setup = crate::input::InputSetup {
             display: display.to_owned(),
             args: args.input.clone(),
-            cores: self.cores.players,
+            cores: self.player_cores,
             listen_ip: args.listen.ip(),
             token: self.state.token.clone(),
             tls: tls.map(|tls| tls.get_inner()),
@@ -330,7 +330,7 @@ pub async fn serve(
         state,
         input,
         audio,
-        cores: _,
+        player_cores: _,
     } = session;
     if let Err(err) = pipeline.stop() {
         if state.health.game_over() {
@@ -431,10 +431,10 @@ where
     }
 }
 
-/// Resolves on Ctrl-C, SIGTERM or SIGHUP. The handlers are installed by this call, not when the future
-/// is first polled: a signal that arrives in between (say right after the `playpod: open` line)
-/// must start the graceful shutdown, not kill the process with the default action and leave its
-/// children's framebuffer files and segments behind.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP. The handlers are installed by this call, not when the
+/// future is first polled: a signal that arrives in between (say right after the `playpod: open`
+/// line) must start the graceful shutdown, not kill the process with the default action and
+/// leave its children's framebuffer files and segments behind.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{Signal, SignalKind, signal};
     let watch = |kind: SignalKind, name: &str| {

@@ -336,28 +336,82 @@ impl Drop for Served {
     }
 }
 
-/// The children of process `pid` named `name`, with their command lines.
-pub fn children_named(pid: u32, name: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID ..."
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let comm = head.split_once(" (").map_or("", |(_, c)| c);
-        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if comm == name && ppid == Some(pid) {
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
-        }
+/// A process, identified across pid reuse by its start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `R`, `S`, `T`, `Z`, ... as in `ps`.
+    pub state: char,
+    pub start_time: u64,
+    pub cmdline: Vec<String>,
+}
+
+impl Proc {
+    /// Process `pid`, if it exists.
+    pub fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ..." — comm may hold spaces and parentheses.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        Some(Self {
+            pid,
+            ppid: fields.get(1)?.parse().ok()?,
+            state: fields.first()?.chars().next()?,
+            start_time: fields.get(19)?.parse().ok()?,
+            cmdline: cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        })
     }
-    found
+
+    /// Every process of the machine.
+    pub fn all() -> Vec<Self> {
+        std::fs::read_dir("/proc")
+            .expect("read /proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(Self::read)
+            .collect()
+    }
+
+    /// Still running: the same process (not a reused pid) and not a zombie.
+    pub fn running(&self) -> bool {
+        Self::read(self.pid)
+            .is_some_and(|now| now.start_time == self.start_time && now.state != 'Z')
+    }
+
+    /// The file name of its program (`argv[0]` without its directory).
+    pub fn program(&self) -> &str {
+        self.cmdline
+            .first()
+            .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
+    }
+
+    pub fn is_xvfb(&self) -> bool {
+        self.program() == "Xvfb"
+    }
+
+    pub fn is_game(&self) -> bool {
+        self.program() == "playpod" && self.cmdline.get(1).is_some_and(|a| a == "game")
+    }
+
+    /// The value after `flag` on the command line.
+    pub fn arg_after(&self, flag: &str) -> Option<&str> {
+        let at = self.cmdline.iter().position(|a| a == flag)?;
+        self.cmdline.get(at + 1).map(String::as_str)
+    }
+}
+
+/// The children of process `pid` whose program is `name`, with their command lines.
+pub fn children_named(pid: u32, name: &str) -> Vec<(u32, String)> {
+    Proc::all()
+        .into_iter()
+        .filter(|p| p.ppid == pid && p.program() == name)
+        .map(|p| (p.pid, p.cmdline.join(" ")))
+        .collect()
 }
 
 /// Decodes an Annex-B H.264 stream with FFmpeg, the independent decoder, into raw pictures of
@@ -495,13 +549,7 @@ impl playpod_hotpath::capture::FrameSource for MovingPattern {
 /// The CPUs this process may run on (its affinity), as the kernel lists them (`0-3,6`) and
 /// one by one.
 pub fn allowed_cpus() -> (String, Vec<usize>) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list")
-        .trim()
-        .to_owned();
+    let list = cpus_allowed_list(Path::new("/proc/self/status")).expect("Cpus_allowed_list");
     let cpus = list
         .split(',')
         .flat_map(|part| {
@@ -510,4 +558,14 @@ pub fn allowed_cpus() -> (String, Vec<usize>) {
         })
         .collect();
     (list, cpus)
+}
+
+/// The `Cpus_allowed_list` of a process's or thread's `status` file (`/proc/PID/status`,
+/// `/proc/PID/task/TID/status`), if it can be read.
+pub fn cpus_allowed_list(status: &Path) -> Option<String> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|l| l.trim().to_owned())
 }

@@ -12,78 +12,13 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use playpod_tests::{Served, Xvfb, playpod_bin};
+use playpod_tests::{Proc, Served, Xvfb, playpod_bin};
 
 /// Demos started without `--display` take the first free display: start them one at a time.
 static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// How long the children and files may take to disappear once the demo has exited.
 const GRACE: Duration = Duration::from_secs(5);
-
-/// A process, identified across pid reuse by its start time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
-    state: char,
-    start_time: u64,
-    cmdline: Vec<String>,
-}
-
-impl Proc {
-    fn read(pid: u32) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) state ppid ..." — comm may hold spaces and parentheses.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        Some(Self {
-            pid,
-            ppid: fields.get(1)?.parse().ok()?,
-            state: fields.first()?.chars().next()?,
-            start_time: fields.get(19)?.parse().ok()?,
-            cmdline: cmdline
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
-        })
-    }
-
-    fn all() -> Vec<Self> {
-        std::fs::read_dir("/proc")
-            .expect("read /proc")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter_map(Self::read)
-            .collect()
-    }
-
-    /// Still running: the same process (not a reused pid) and not a zombie.
-    fn running(&self) -> bool {
-        Self::read(self.pid)
-            .is_some_and(|now| now.start_time == self.start_time && now.state != 'Z')
-    }
-
-    fn program(&self) -> &str {
-        self.cmdline
-            .first()
-            .map_or("", |p| p.rsplit('/').next().unwrap_or(p))
-    }
-
-    fn is_xvfb(&self) -> bool {
-        self.program() == "Xvfb"
-    }
-
-    fn is_game(&self) -> bool {
-        self.program() == "playpod" && self.cmdline.get(1).is_some_and(|a| a == "game")
-    }
-
-    /// The value after `flag` on the command line.
-    fn arg_after(&self, flag: &str) -> Option<&str> {
-        let at = self.cmdline.iter().position(|a| a == flag)?;
-        self.cmdline.get(at + 1).map(String::as_str)
-    }
-}
 
 /// One row of /proc/sysvipc/shm.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -249,13 +249,7 @@ fn thread_cpus(pid: u32, name: &str) -> String {
             .find(|task| {
                 std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
             })
-            .and_then(|task| std::fs::read_to_string(task.path().join("status")).ok())
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .map(|l| l.trim().to_owned())
-            });
+            .and_then(|task| playpod_tests::cpus_allowed_list(&task.path().join("status")));
         if let Some(cpus) = found {
             return cpus;
         }
