@@ -315,6 +315,9 @@ def main():
                     help="stop the game after its first second (a paused game) and add a run of "
                          "playpod --every-frame")
     ap.add_argument("--keep", action="store_true", help="keep the work directory with the streams")
+    ap.add_argument("--pod-arg", action="append", default=[], metavar="ARG",
+                    help="an argument for every `playpod pod` of the run, e.g. --pod-arg=--pin-core=1 "
+                         "(repeatable)")
     args = ap.parse_args()
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1:
         ap.error("--seconds must be above 0, --warmup at least 0, --rounds at least 1")
@@ -369,20 +372,22 @@ def main():
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}: playpod", file=sys.stderr)
             save = os.path.join(workdir, f"playpod-{r}.h264")
-            runs["playpod"].append(measure_playpod(display, fb, args.seconds, args.warmup, args.bitrate_kbps, save))
+            runs["playpod"].append(measure_playpod(display, fb, args.seconds, args.warmup, args.bitrate_kbps, save,
+                                                   args.pod_arg))
             streams["playpod"].append(save)
             if args.paused:
                 print(f"round {r + 1}/{args.rounds}: playpod --every-frame", file=sys.stderr)
                 save = os.path.join(workdir, f"every-frame-{r}.h264")
                 runs["every_frame"].append(measure_playpod(display, fb, args.seconds, args.warmup,
-                                                           args.bitrate_kbps, save, ["--every-frame"]))
+                                                           args.bitrate_kbps, save, ["--every-frame", *args.pod_arg]))
             print(f"round {r + 1}/{args.rounds}: ffmpeg", file=sys.stderr)
             out = os.path.join(workdir, f"ffmpeg-{r}.h264")
             runs["ffmpeg"].append(measure_ffmpeg(display, args.seconds, args.warmup, args.bitrate_kbps, workdir, out))
             streams["ffmpeg"].append(out)
             for n in fanout:
                 print(f"round {r + 1}/{args.rounds}: playpod with {n} spectator(s)", file=sys.stderr)
-                fan[n].append(measure_fanout(display, fb, args.seconds, args.warmup, args.bitrate_kbps, n))
+                fan[n].append(measure_fanout(display, fb, args.seconds, args.warmup, args.bitrate_kbps, n,
+                                             args.pod_arg))
         if game.poll() is not None:
             raise RuntimeError("the game stopped during the run")
         if args.paused:
@@ -422,7 +427,8 @@ def main():
         f"Scene `{args.scene}` (seed {args.seed}{', stamped' if scored_scene else ''}"
         f"{', paused: the game stopped after its first second' if args.paused else ''}), {SIZE} at {FPS} fps, target {args.bitrate_kbps} kbit/s, "
         f"{args.rounds} round(s) x {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
-        f"{os.cpu_count()} CPUs; one run, one display, the same content for both.",
+        f"{os.cpu_count()} CPUs; one run, one display, the same content for both."
+        + (f" Every `playpod pod` given {' '.join(args.pod_arg)}." if args.pod_arg else ""),
         "",
         "| | CPU ms/frame | share of one core | fps | kbit/s | PSNR-Y dB (min) | PSNR-YUV dB | SSIM-Y (min) | frames scored / unreadable |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -3,6 +3,7 @@
 # builds the release binaries and runs benches/compare.py with the arguments given, e.g.
 #
 #   benches/compare.sh --seconds 15 --rounds 2 [--fanout 1,10,50 | --no-fanout] [--scene pong]
+#                       [--pod-arg=--pin-core=1 ...]
 #
 # Writes bench-results/compare.md and bench-results/compare.png.
 set -euo pipefail
