@@ -8,8 +8,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+# nasm: openh264's assembly. pkg-config, libopus-dev and libpulse-dev: the system libopus and
+# libpulse that playpod links (audio).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nasm \
+ && apt-get install -y --no-install-recommends nasm pkg-config libopus-dev libpulse-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

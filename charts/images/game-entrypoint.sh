@@ -1,8 +1,11 @@
 #!/bin/sh
 # Entrypoint of the playpod game-base image: starts the virtual screen (Xvfb, framebuffer in
 # $PLAYPOD_FB_DIR for the streamer to read in place) and the virtual sound card (PulseAudio with
-# a null sink "game", socket in $PULSE_RUNTIME_PATH for the streamer to record), then runs the
-# game given as arguments. Ends with the game's exit status; SIGTERM stops all three.
+# a null sink "game", socket $PULSE_RUNTIME_PATH/native for the streamer to record), then runs
+# the game given as arguments. Ends with the game's exit status; SIGTERM stops all three.
+# PulseAudio's own runtime directory is /tmp/pulse, not the socket's: it must be the user's, mode
+# 0700, and a session pod's shared volume is an emptyDir owned by root (group the pod's fsGroup,
+# mode 2777), which PulseAudio refuses.
 #   playpod-game-entrypoint retroarch -L core.so rom.nes
 set -eu
 
@@ -10,6 +13,7 @@ display=${DISPLAY:-:0}
 screen=${PLAYPOD_SCREEN:-768x768x24}
 fb_dir=${PLAYPOD_FB_DIR:-/run/playpod/fb}
 pulse_dir=${PULSE_RUNTIME_PATH:-/run/playpod/pulse}
+pulse_private=/tmp/pulse
 number=${display#:}
 number=${number%%.*}
 x_socket=/tmp/.X11-unix/X$number
@@ -20,6 +24,7 @@ if [ "$#" -eq 0 ]; then
 fi
 
 mkdir -p "$fb_dir" "$pulse_dir"
+mkdir -p -m 0700 "$pulse_private"
 export DISPLAY="$display" PULSE_RUNTIME_PATH="$pulse_dir" PULSE_SERVER="unix:$pulse_dir/native"
 export PULSE_SINK=game HOME="${HOME:-/tmp}"
 # A low latency for the game's own PulseAudio stream (the original platform's setting).
@@ -48,8 +53,8 @@ until [ -S "$x_socket" ]; do
     sleep 0.1
 done
 
-pulseaudio --daemonize=no --use-pid-file=no --exit-idle-time=-1 --disallow-exit \
-    --log-target=stderr -n \
+PULSE_RUNTIME_PATH="$pulse_private" pulseaudio --daemonize=no --use-pid-file=no \
+    --exit-idle-time=-1 --disallow-exit --log-target=stderr -n \
     --load="module-native-protocol-unix socket=$pulse_dir/native auth-anonymous=1" \
     --load="module-null-sink sink_name=game rate=48000 channels=2 norewinds=1" \
     --load="module-always-sink" &

@@ -6,9 +6,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
-# nasm: openh264's assembly; without it the encoder builds but is ~3x slower.
+# nasm: openh264's assembly; without it the encoder builds but is ~3x slower. pkg-config,
+# libopus-dev and libpulse-dev: the system libopus and libpulse that playpod links (audio).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nasm \
+ && apt-get install -y --no-install-recommends nasm pkg-config libopus-dev libpulse-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -16,8 +17,10 @@ RUN cargo build --release --locked -p playpod --bin playpod \
  && strip target/release/playpod
 
 FROM debian:bookworm-slim
+# libopus0 and libpulse0: the shared libraries playpod links (the game's sound, recorded from
+# PulseAudio and encoded to Opus).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libopus0 libpulse0 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 playpod \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin playpod

@@ -67,7 +67,7 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "sessions": {
                 "publicUrl": "https://play.example.com",
                 "ingress": {"tlsSecretName": "play-tls"},
-                "streamer": {"extraArgs": ["--bitrate-kbps", "3000"]},
+                "streamer": {"gpu": True, "extraArgs": ["--encoder", "nvenc", "--bitrate-kbps", "3000"]},
                 "imagePullSecrets": ["registry"],
                 "nodeSelector": {"kubernetes.io/os": "linux"},
                 "priorityClassName": "games",
@@ -110,6 +110,16 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "priorityClassName": "games",
         },
         True,
+    ),
+    (
+        "playpod-session",
+        "numeric-game-name",
+        "puzzle-1",
+        # A game name of digits only must stay a string in the labels (quoted in the templates).
+        {"gameName": "2048", "randomPath": DUMP_TOKEN,
+         "games": {"2048": {"title": "2048", "image": "registry.example.com/2048:1.0", "args": ["2048"]}}},
+        # The same objects as [default] but for the game: nothing new for checkov.
+        False,
     ),
 ]
 
@@ -499,16 +509,47 @@ def checkov(report: Report, venv_bin: pathlib.Path, label: str, args: list[str])
                  "\n  " + "\n  ".join(failures))
 
 
-def streamer_gpu(report: Report, scenario: str, docs: list[dict[str, Any]], want: bool) -> None:
-    """`streamer.gpu` gives the streamer (which converts and encodes) a GPU and NVENC's libraries."""
-    pod = next(d for d in docs if d["kind"] == "Pod")
-    streamer = next(c for c in pod["spec"]["containers"] if c["name"] == "streamer")
-    resources = streamer.get("resources", {})
-    has_gpu = all(resources.get(k, {}).get("nvidia.com/gpu") == "1" for k in ("limits", "requests"))
-    caps = {e["name"]: e.get("value") for e in streamer.get("env", [])}.get("NVIDIA_DRIVER_CAPABILITIES")
-    report.check(has_gpu == want and (caps == "compute,video,utility") == want,
-                 f"playpod-session [{scenario}]: streamer GPU {'requested' if want else 'not requested'}",
-                 f"resources={resources} NVIDIA_DRIVER_CAPABILITIES={caps}")
+def streamers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(`Pod/name (game)`, the Pod, its streamer container) of every session Pod in `docs`."""
+    return [(f"Pod/{d['metadata']['name']} ({d['metadata']['labels'].get('playpod.io/game')})", d, c)
+            for d in docs if d["kind"] == "Pod" for c in d["spec"]["containers"] if c["name"] == "streamer"]
+
+
+def streamer_gpu(report: Report, where: str, docs: list[dict[str, Any]], want: bool) -> None:
+    """`streamer.gpu` (`sessions.streamer.gpu` of the control plane) gives the streamer (which
+    converts and encodes) a GPU, NVENC's libraries and the GPU nodes' toleration."""
+    found = streamers(docs)
+    if not found:
+        report.fail(f"{where}: streamer GPU", "no session Pod")
+    for name, pod, streamer in found:
+        resources = streamer.get("resources", {})
+        has_gpu = all(resources.get(k, {}).get("nvidia.com/gpu") == "1" for k in ("limits", "requests"))
+        caps = {e["name"]: e.get("value") for e in streamer.get("env", [])}.get("NVIDIA_DRIVER_CAPABILITIES")
+        tolerated = any(t.get("key") == "nvidia.com/gpu" for t in pod["spec"].get("tolerations", []))
+        report.check(has_gpu == want and (caps == "compute,video,utility") == want and (tolerated or not want),
+                     f"{where}: {name} streamer GPU {'requested' if want else 'not requested'}",
+                     f"resources={resources} NVIDIA_DRIVER_CAPABILITIES={caps} tolerated={tolerated}")
+
+
+def streamer_startup(report: Report, where: str, docs: list[dict[str, Any]]) -> None:
+    """The streamer answers nothing until the game's display is up: its startup probe must allow the
+    whole --wait-for-display (and a margin) before the kubelet restarts it."""
+    for name, _, streamer in streamers(docs):
+        args = streamer.get("args", [])
+        wait = int(args[args.index("--wait-for-display") + 1]) if "--wait-for-display" in args else None
+        probe = streamer.get("startupProbe") or {}
+        allowed = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+        report.check(wait is not None and probe.get("httpGet", {}).get("path") == "/healthz"
+                     and allowed >= wait + 10,
+                     f"{where}: {name} streamer startupProbe allows the {wait} s display wait",
+                     f"startupProbe={probe} ({allowed} s)")
+
+
+def labels_are_strings(report: Report, where: str, docs: list[dict[str, Any]]) -> None:
+    """Every label value is a string (an unquoted `2048` in a template would be a number)."""
+    bad = [f"{d['kind']}/{d['metadata'].get('name')}: {k}={v!r}" for d in docs
+           for k, v in (d["metadata"].get("labels") or {}).items() if not isinstance(v, str)]
+    report.check(not bad, f"{where}: every label value is a string", "; ".join(bad))
 
 
 def main() -> int:
@@ -546,7 +587,20 @@ def main() -> int:
 
         for scenario, want_gpu in (("default", False), ("full", True)):
             if ("playpod-session", scenario) in rendered:
-                streamer_gpu(report, scenario, rendered[("playpod-session", scenario)], want_gpu)
+                streamer_gpu(report, f"playpod-session [{scenario}]", rendered[("playpod-session", scenario)],
+                             want_gpu)
+            if dumps.get(scenario):
+                streamer_gpu(report, f"control-plane sessions [{scenario}]", dumps[scenario], want_gpu)
+        for (chart, scenario), docs in rendered.items():
+            labels_are_strings(report, f"{chart} [{scenario}]", docs)
+            if chart == "playpod-session":
+                streamer_startup(report, f"playpod-session [{scenario}]", docs)
+        for scenario, docs in dumps.items():
+            streamer_startup(report, f"control-plane sessions [{scenario}]", docs)
+        numeric = rendered.get(("playpod-session", "numeric-game-name"), [])
+        report.check(bool(numeric) and all(d["metadata"]["labels"].get("playpod.io/game") == "2048" for d in numeric),
+                     "playpod-session [numeric-game-name]: labelled playpod.io/game=\"2048\" (a string)",
+                     json.dumps([d["metadata"].get("labels") for d in numeric]))
 
         if ("playpod-session", "default") in rendered and dumps.get("default"):
             same_session_objects(report, rendered[("playpod-session", "default")], dumps["default"])

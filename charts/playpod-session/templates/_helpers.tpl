@@ -4,7 +4,7 @@
 
 {{- define "session.selectorLabels" -}}
 app.kubernetes.io/name: playpod-session
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end -}}
 
 {{- define "session.labels" -}}
@@ -13,7 +13,7 @@ app.kubernetes.io/component: game-session
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-playpod.io/game: {{ .Values.gameName }}
+playpod.io/game: {{ .Values.gameName | quote }}
 {{- end -}}
 
 {{/* The catalog entry of gameName, or a clear failure. */}}

@@ -9,7 +9,7 @@
 
 {{- define "playpod.selectorLabels" -}}
 app.kubernetes.io/name: playpod
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: control-plane
 {{- end -}}
 

@@ -91,6 +91,10 @@ pub struct StreamerConfig {
     pub resources: ResourceRequirements,
     /// Extra arguments after the fixed ones (e.g. `--encoder`, `--bitrate-kbps`).
     pub extra_args: Vec<String>,
+    /// Give the streamer container one `nvidia.com/gpu` (a time-slice of one where the NVIDIA
+    /// device plugin shares GPUs) and the NVIDIA runtime's `video` capability: `--encoder auto`
+    /// then converts with CUDA and encodes with NVENC where the GPU has it.
+    pub gpu: bool,
 }
 
 /// The Ingress of a session.
@@ -135,6 +139,7 @@ impl Default for StreamerConfig {
             // One core encodes 768x768 at 60 fps with openh264; the rest is headroom for viewers.
             resources: resources("1", "256Mi", "2", "512Mi"),
             extra_args: Vec::new(),
+            gpu: false,
         }
     }
 }
@@ -361,6 +366,14 @@ mod tests {
         assert_eq!(config.max_sessions, 3);
         assert_eq!(config.ttl_minutes, 120);
         assert_eq!(config.base_url().unwrap(), "https://x.test");
+        assert!(!config.streamer.gpu);
+        let config = SessionConfig::from_json(
+            r#"{"streamer":{"gpu":true,"extraArgs":["--encoder","nvenc"]}}"#,
+        )
+        .unwrap();
+        assert!(config.streamer.gpu);
+        assert_eq!(config.streamer.extra_args, ["--encoder", "nvenc"]);
+        assert_eq!(config.streamer.image, StreamerConfig::default().image);
     }
 
     #[test]
@@ -388,6 +401,7 @@ mod tests {
             r#"{"publicUrl":null,"ingress":{"host":null}}"#,
             r#"{"publicUrl":"","ingress":{"host":" "}}"#,
             r#"{"streamer":{"image":""}}"#,
+            r#"{"streamer":{"gpu":"yes"}}"#,
             r#"{"unknown":true}"#,
             r#"{"imagePullPolicy":"Sometimes"}"#,
         ] {

@@ -73,7 +73,19 @@ pub const PULSE_DIR: &str = "/run/playpod/pulse";
 pub const X11_DIR: &str = "/tmp/.X11-unix";
 /// How long the streamer waits for the game container's Xvfb (seconds): the kubelet starts a
 /// pod's containers without waiting for one to be up before the next.
-pub const STREAMER_WAIT_FOR_DISPLAY: &str = "60";
+pub const STREAMER_WAIT_FOR_DISPLAY: i32 = 60;
+/// Period of the streamer's startup probe (seconds).
+pub const STREAMER_STARTUP_PERIOD: i32 = 5;
+/// Failures the streamer's startup probe allows: its HTTP port opens only once the display is
+/// up, so the probe waits out the whole `--wait-for-display` and 15 s more (the streamer's own
+/// start, the encoder's opening) before the liveness probe takes over.
+pub const STREAMER_STARTUP_FAILURES: i32 =
+    (STREAMER_WAIT_FOR_DISPLAY + 15) / STREAMER_STARTUP_PERIOD;
+/// The extended resource of one GPU (or one time-slice of one) of the NVIDIA device plugin.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// What the NVIDIA container runtime mounts into a streamer with a GPU: CUDA (`compute`, the
+/// colour conversion), NVENC's libnvidia-encode (`video`) and nvidia-smi (`utility`).
+pub const STREAMER_DRIVER_CAPABILITIES: &str = "compute,video,utility";
 
 /// One session's identity and lifetime: everything that is not configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,23 +218,28 @@ fn shared_env() -> Vec<EnvVar> {
     ]
 }
 
-fn game_resources(game: &Game) -> ResourceRequirements {
-    let mut resources = game
-        .resources
-        .clone()
-        .unwrap_or_else(default_game_resources);
-    if game.gpu {
-        let gpu = Quantity("1".to_owned());
+/// `resources` with one GPU requested and limited (replacing any other count), if `gpu`.
+fn with_gpu(mut resources: ResourceRequirements, gpu: bool) -> ResourceRequirements {
+    if gpu {
+        let one = Quantity("1".to_owned());
         resources
             .limits
             .get_or_insert_with(BTreeMap::new)
-            .insert("nvidia.com/gpu".to_owned(), gpu.clone());
+            .insert(GPU_RESOURCE.to_owned(), one.clone());
         resources
             .requests
             .get_or_insert_with(BTreeMap::new)
-            .insert("nvidia.com/gpu".to_owned(), gpu);
+            .insert(GPU_RESOURCE.to_owned(), one);
     }
     resources
+}
+
+fn game_resources(game: &Game) -> ResourceRequirements {
+    let resources = game
+        .resources
+        .clone()
+        .unwrap_or_else(default_game_resources);
+    with_gpu(resources, game.gpu)
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
@@ -282,12 +299,18 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
         &format!("0.0.0.0:{STREAMER_PORT}"),
         // The game container starts Xvfb beside us: wait for it.
         "--wait-for-display",
-        STREAMER_WAIT_FOR_DISPLAY,
+        &STREAMER_WAIT_FOR_DISPLAY.to_string(),
     ]);
     streamer_args.extend(config.streamer.extra_args.iter().cloned());
     let mut streamer_env = shared_env();
     streamer_env.push(env(TOKEN_ENV, &spec.token));
     streamer_env.push(env("PLAYPOD_LOG_FORMAT", "json"));
+    if config.streamer.gpu {
+        streamer_env.push(env(
+            "NVIDIA_DRIVER_CAPABILITIES",
+            STREAMER_DRIVER_CAPABILITIES,
+        ));
+    }
     let mut streamer_mounts = shared_mounts();
     streamer_mounts.push(mount("streamer-tmp", "/tmp"));
     let streamer = Container {
@@ -302,12 +325,19 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
+        // Nothing answers before the display is up: the startup probe allows for the whole wait,
+        // and holds back the other two until the streamer answers.
+        startup_probe: Some(http_probe(
+            "/healthz",
+            STREAMER_STARTUP_PERIOD,
+            STREAMER_STARTUP_FAILURES,
+        )),
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
-        liveness_probe: Some(Probe {
-            initial_delay_seconds: Some(10),
-            ..http_probe("/healthz", 10, 3)
-        }),
-        resources: Some(config.streamer.resources.clone()),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        resources: Some(with_gpu(
+            config.streamer.resources.clone(),
+            config.streamer.gpu,
+        )),
         security_context: Some(container_security(uid)),
         volume_mounts: Some(streamer_mounts),
         ..Container::default()
@@ -344,9 +374,9 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
             }),
             node_selector: (!config.node_selector.is_empty()).then(|| config.node_selector.clone()),
             priority_class_name: non_empty(&config.priority_class_name).map(str::to_owned),
-            tolerations: game.gpu.then(|| {
+            tolerations: (game.gpu || config.streamer.gpu).then(|| {
                 vec![Toleration {
-                    key: Some("nvidia.com/gpu".to_owned()),
+                    key: Some(GPU_RESOURCE.to_owned()),
                     operator: Some("Exists".to_owned()),
                     effect: Some("NoSchedule".to_owned()),
                     ..Toleration::default()
@@ -561,6 +591,20 @@ pub(super) mod tests {
         }
         let streamer = &spec["containers"][1];
         assert_eq!(streamer["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(streamer["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert!(
+            streamer["resources"]["limits"]
+                .get("nvidia.com/gpu")
+                .is_none(),
+            "{streamer}"
+        );
+        assert!(
+            !streamer["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "NVIDIA_DRIVER_CAPABILITIES")
+        );
         assert_eq!(
             streamer["args"],
             serde_json::json!([
@@ -608,6 +652,78 @@ pub(super) mod tests {
             "1"
         );
         assert_eq!(v["spec"]["tolerations"][0]["key"], "nvidia.com/gpu");
+        let streamer = &v["spec"]["containers"][1];
+        assert!(
+            streamer["resources"]["limits"]
+                .get("nvidia.com/gpu")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_gpu_streamer_gets_a_gpu_and_nvenc() {
+        let mut config = SessionConfig::default();
+        config.streamer.gpu = true;
+        config.streamer.extra_args = strings(&["--encoder", "nvenc"]);
+        let catalog = Catalog::default();
+        let v = serde_json::to_value(pod(&spec(), catalog.get("pong").unwrap(), &config, "games"))
+            .unwrap();
+        let streamer = &v["spec"]["containers"][1];
+        assert_eq!(streamer["name"], STREAMER_CONTAINER);
+        for kind in ["limits", "requests"] {
+            assert_eq!(
+                streamer["resources"][kind]["nvidia.com/gpu"], "1",
+                "{streamer}"
+            );
+        }
+        // The configured CPU and memory stay.
+        assert_eq!(streamer["resources"]["limits"]["cpu"], "2");
+        assert_eq!(streamer["resources"]["requests"]["memory"], "256Mi");
+        let caps = streamer["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "NVIDIA_DRIVER_CAPABILITIES")
+            .unwrap();
+        assert_eq!(caps["value"], "compute,video,utility");
+        let args = streamer["args"].as_array().unwrap();
+        assert_eq!(args[args.len() - 2..], ["--encoder", "nvenc"]);
+        // Scheduled onto GPU nodes, the game (no GPU of its own) left as it was.
+        assert_eq!(v["spec"]["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert!(
+            v["spec"]["containers"][0]["resources"]["limits"]
+                .get("nvidia.com/gpu")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_startup_probe_waits_for_the_display() {
+        let catalog = Catalog::default();
+        let config = SessionConfig::default();
+        let v = serde_json::to_value(pod(&spec(), catalog.get("pong").unwrap(), &config, "games"))
+            .unwrap();
+        let streamer = &v["spec"]["containers"][1];
+        let args = streamer["args"].as_array().unwrap();
+        let at = args.iter().position(|a| a == "--wait-for-display").unwrap();
+        let wait: i64 = args[at + 1].as_str().unwrap().parse().unwrap();
+        let startup = &streamer["startupProbe"];
+        assert_eq!(startup["httpGet"]["path"], "/healthz");
+        assert_eq!(startup["httpGet"]["port"], "http");
+        // Its HTTP port opens only once the display is up: the probe allows the whole wait and
+        // a margin before the container is restarted.
+        let allowed = startup["periodSeconds"].as_i64().unwrap()
+            * startup["failureThreshold"].as_i64().unwrap();
+        assert!(allowed >= wait + 10, "{allowed} s for a {wait} s wait");
+        // The liveness probe runs only after it, so it needs no initial delay of its own; it
+        // ends a streamer that stops answering within half a minute.
+        let liveness = &streamer["livenessProbe"];
+        assert!(liveness.get("initialDelaySeconds").is_none(), "{liveness}");
+        assert!(
+            liveness["periodSeconds"].as_i64().unwrap()
+                * liveness["failureThreshold"].as_i64().unwrap()
+                <= 30
+        );
     }
 
     #[test]
