@@ -292,6 +292,12 @@ impl Collector for InputCollector {
             "Input connections closed because the game's display could not be reached.",
             load(&s.display_errors),
         )?;
+        counter(
+            &mut enc,
+            "input_silent_disconnects",
+            "Input connections ended because nothing, not even a pong, came for --input-timeout.",
+            load(&s.silent),
+        )?;
         if let [Some(p50), Some(p99)] = s.latency_percentiles_ns(&[50.0, 99.0])[..] {
             for (name, help, ns) in [
                 (

@@ -450,6 +450,49 @@ async fn two_players_in_parallel_then_released_on_disconnect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_whose_network_is_gone_is_released_after_the_input_timeout() {
+    let setup = Setup::start(&["--input-timeout", "1"]);
+    let addr = setup.addr();
+    let (mut gone, mut alive) = tokio::join!(setup.player(1), setup.player(2));
+    wait_players(addr, 2).await;
+    send_bits(&mut gone, 0b0000_0001).await; // up: W
+    send_bits(&mut alive, 0b0000_0010).await; // down: Down
+    let rec = &setup.recorder;
+    rec.wait_for(&[sym::W], 1).await;
+    rec.wait_for(&[sym::DOWN], 1).await;
+    // Player 1's network is gone: its socket stays open, but nothing reads it, so the pod's
+    // pings go unanswered. Player 2 holds its key and says nothing either, but its client
+    // answers the pings, for three times the timeout.
+    let quiet = Instant::now();
+    let mut pings = 0;
+    while quiet.elapsed() < Duration::from_secs(3) {
+        if let Some(Message::Ping(_)) = next_message(&mut alive, Duration::from_millis(100)).await {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "a quiet player is pinged: {pings} pings in 3 s");
+    assert_eq!(
+        rec.of(&[sym::W]),
+        [(true, sym::W), (false, sym::W)],
+        "the silent player's key was released"
+    );
+    assert_eq!(
+        rec.of(&[sym::DOWN]),
+        [(true, sym::DOWN)],
+        "a player that answers pings keeps its key, however long it says nothing"
+    );
+    assert_eq!(
+        metric(addr, "playpod_input_silent_disconnects_total").await,
+        1.0
+    );
+    // The freed slot takes a new connection at once (the page reconnecting).
+    let _again = setup.player(1).await;
+    wait_players(addr, 2).await;
+    send_bits(&mut alive, 0).await;
+    rec.wait_for(&[sym::DOWN], 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_controller_per_slot_and_takeover_releases_the_old_keys() {
     let setup = Setup::start(&[]);
     let addr = setup.addr();
@@ -569,6 +612,44 @@ async fn invalid_messages_are_answered_and_floods_are_limited() {
             .await
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_messages_close_the_socket_and_leave_the_slot_usable() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let setup = Setup::start(&[]);
+    let rec = &setup.recorder;
+
+    // A text message that is not UTF-8: answered, then the connection fails (RFC 6455 8.1).
+    let mut p = setup.player(1).await;
+    let not_utf8 = Frame::message(&b"{\"up\":\xff}"[..], OpCode::Data(Data::Text), true);
+    p.send(Message::Frame(not_utf8)).await.unwrap();
+    let reply = next_text(&mut p).await;
+    assert!(reply.contains("not valid UTF-8"), "{reply}");
+    let close = close_frame(&mut p).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1007, "{close:?}");
+
+    // The slot serves the next connection, which plays.
+    let mut p = setup.player(1).await;
+    send_bits(&mut p, 0b0000_0001).await; // up: W
+    rec.wait_for(&[sym::W], 1).await;
+
+    // Over the 64 KiB read limit: closed with 1009, keys released, and again the slot is fine.
+    let _ = p
+        .send(Message::Binary(vec![0u8; 64 * 1024 + 1].into()))
+        .await;
+    let close = close_frame(&mut p).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert_eq!(
+        rec.wait_for(&[sym::W], 2).await,
+        [(true, sym::W), (false, sym::W)]
+    );
+    let mut p = setup.player(1).await;
+    send_bits(&mut p, 0b0000_0001).await;
+    assert_eq!(rec.wait_for(&[sym::W], 3).await[2], (true, sym::W));
+    p.close(None).await.unwrap();
+    rec.wait_for(&[sym::W], 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

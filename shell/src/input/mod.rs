@@ -42,6 +42,10 @@ use crate::server::Health;
 /// or a touch screen send, far below a flood.
 pub const DEFAULT_RATE: u32 = 250;
 
+/// Seconds of silence after which a player's connection is taken as gone, by default: a
+/// browser answers pings at once, so this only ends connections whose network is gone.
+pub const DEFAULT_INPUT_TIMEOUT_S: u64 = 15;
+
 /// The players' input flags.
 #[derive(Debug, Clone, Args)]
 pub struct InputArgs {
@@ -59,6 +63,12 @@ pub struct InputArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub input_rate: u32,
+    /// A player's connection from which nothing came for this many seconds, not even the
+    /// answer to the pings the pod sends when it is quiet (every third of this), is taken as
+    /// gone (a dropped Wi-Fi, a sleeping laptop): its keys are released and its slot freed.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_INPUT_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub input_timeout: u64,
     /// Also serve player 1's input WebSocket on this port of the --listen address
     /// (ws://HOST:PORT/play/TOKEN/input/1), with its own accepting thread.
     #[arg(long = "input-port-1", value_name = "PORT")]
@@ -211,6 +221,7 @@ impl PlayerThreads {
                 display: setup.display.clone(),
                 keymap: setup.args.keymap(slot.player),
                 rate: setup.args.input_rate,
+                silence_limit: std::time::Duration::from_secs(setup.args.input_timeout),
                 core,
             };
             tracing::info!(

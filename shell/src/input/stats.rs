@@ -71,6 +71,9 @@ pub struct InputStats {
     pub takeovers: AtomicU64,
     /// Connections closed because the display could not be reached or went away.
     pub display_errors: AtomicU64,
+    /// Connections ended because nothing came from the player (not even a pong) for the
+    /// silence limit.
+    pub silent: AtomicU64,
     /// WebSocket frame read -> XTEST requests flushed, per valid message.
     pub latency: LatencyHistogram,
     /// The last samples of `latency`, in nanoseconds, for exact percentiles.
@@ -87,6 +90,7 @@ impl Default for InputStats {
             refused: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             display_errors: AtomicU64::new(0),
+            silent: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
             latency_window_ns: SampleWindow::new(WINDOW),
         }

@@ -33,6 +33,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A message larger than [`super::MAX_READ_MESSAGE`].
     pub const TOO_BIG: u16 = 1009;
+    /// A text message that is not UTF-8 (RFC 6455 8.1: the connection fails).
+    pub const NOT_UTF8: u16 = 1007;
+    /// The pod failed on the connection (a bug); the slot serves the next one.
+    pub const INTERNAL: u16 = 1011;
 }
 
 /// The blocking byte stream under a player's WebSocket.
@@ -105,8 +109,8 @@ impl Incoming {
         Self::from_ws(ws, takeover)
     }
 
-    /// Readies an accepted WebSocket for its player thread: blocking reads with no timeout,
-    /// writes bounded by `WRITE_TIMEOUT`.
+    /// Readies an accepted WebSocket for its player thread: blocking reads (the player thread
+    /// sets their timeout, its ping interval), writes bounded by `WRITE_TIMEOUT`.
     pub fn from_ws(ws: WebSocket<PlayerStream>, takeover: bool) -> io::Result<Self> {
         let tcp = ws.get_ref().tcp();
         tcp.set_nodelay(true)?;

@@ -1,9 +1,10 @@
 //! The player's thread: serves the slot's connections one after another, reading each with
 //! blocking tungstenite and sending its key changes into the game's display through XTEST.
 
+use std::io::ErrorKind as IoErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use playpod_hotpath::input::{ErrorReply, Frame, HandleError, Keymap, PlayerInput, XtestInjector};
 use tungstenite::protocol::Role;
@@ -23,6 +24,8 @@ pub struct PlayerConfig {
     pub keymap: Keymap,
     /// Messages per second allowed per connection.
     pub rate: u32,
+    /// Nothing heard for this long (pings are sent every third of it) ends the connection.
+    pub silence_limit: Duration,
     pub core: Option<usize>,
 }
 
@@ -46,7 +49,21 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
         health.touch();
         tracing::info!(player, "player connected");
         let Incoming { mut ws, .. } = incoming;
-        let end = serve(&mut ws, slot, config, stats);
+        // A bug met by one connection must not take the player away for the rest of the
+        // session: the keys are released as the injector unwinds, and the slot goes on.
+        let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve(&mut ws, slot, config, stats)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(
+                player,
+                "the player's connection failed on a bug; the slot goes on"
+            );
+            End::Failed
+        });
+        // A read that stopped inside a message (too large, not UTF-8) leaves tungstenite's
+        // reader mid-frame: the close frame goes out on a fresh WebSocket over the stream.
+        let broken_read = matches!(end, End::TooBig | End::NotUtf8 | End::Failed);
         // Keys are released (the injector dropped) before the slot is free for the next one.
         health.touch();
         health.players.fetch_sub(1, Ordering::Relaxed);
@@ -71,16 +88,36 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
                     close_code::TOO_BIG,
                     format!("message larger than {MAX_READ_MESSAGE} bytes"),
                 ),
+                End::Failed => (
+                    close_code::INTERNAL,
+                    "the pod failed on this connection; reconnect".to_owned(),
+                ),
+                End::NotUtf8 => (
+                    close_code::NOT_UTF8,
+                    "a text message that is not valid UTF-8".to_owned(),
+                ),
+                End::Silent => (
+                    close_code::GOING_AWAY,
+                    format!(
+                        "nothing heard from the player for {} s",
+                        config.silence_limit.as_secs()
+                    ),
+                ),
             }
         };
         tracing::info!(player, reason = %if code == 0 { "closed" } else { reason.as_str() }, "player disconnected");
         if code != 0 {
             // A read that failed (the socket shut down under it) leaves tungstenite unable to
             // write: a fresh WebSocket over the same stream still sends the close frame.
-            if !ws.can_write() {
+            if broken_read || !ws.can_write() {
                 ws = WebSocket::from_raw_socket(ws.into_inner(), Role::Server, Some(ws_config()));
             }
-            close_ws(&mut ws, code, &reason);
+            let closing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                close_ws(&mut ws, code, &reason);
+            }));
+            if closing.is_err() {
+                tracing::error!(player, "closing the player's connection failed on a bug");
+            }
         }
         let _ = ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
     }
@@ -94,6 +131,12 @@ enum End {
     /// The display could not be reached or went away; the close reason.
     Display(String),
     TooBig,
+    /// Nothing came, not even a pong, for the silence limit: the peer's network is gone.
+    Silent,
+    /// A text message that is not UTF-8; it was answered with an error first.
+    NotUtf8,
+    /// Serving the connection panicked.
+    Failed,
 }
 
 fn serve(
@@ -137,9 +180,47 @@ fn play(
     let player = slot.player;
     let clock = Instant::now();
     let mut bucket = TokenBucket::new(config.rate, clock.elapsed());
+    // A quiet read wakes every third of the silence limit to ping the peer; its pong (or any
+    // message) proves it is still there. Reads return as soon as a message comes either way.
+    let ping_every = (config.silence_limit / 3).max(Duration::from_millis(100));
+    if let Err(err) = ws.get_ref().tcp().set_read_timeout(Some(ping_every)) {
+        tracing::debug!(player, %err, "cannot set the input socket's read timeout");
+    }
+    let mut heard = Instant::now();
     loop {
         let msg = match ws.read() {
-            Ok(msg) => msg,
+            Ok(msg) => {
+                heard = Instant::now();
+                msg
+            }
+            Err(tungstenite::Error::Io(err))
+                if matches!(err.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) =>
+            {
+                if slot.stopping() {
+                    return End::Stopping;
+                }
+                if heard.elapsed() >= config.silence_limit {
+                    stats.silent.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        player,
+                        silent_s = heard.elapsed().as_secs(),
+                        "no answer from the player: taking its connection as gone"
+                    );
+                    return End::Silent;
+                }
+                if ws.send(Message::Ping(Default::default())).is_err() {
+                    return End::Closed;
+                }
+                continue;
+            }
+            Err(tungstenite::Error::Utf8(_)) => {
+                stats.error(ErrorKind::Invalid);
+                let _ = reply_text(
+                    ws,
+                    ErrorReply::message(&"text message is not valid UTF-8").as_str(),
+                );
+                return End::NotUtf8;
+            }
             Err(tungstenite::Error::Capacity(err)) => {
                 tracing::info!(player, %err, "closing an input socket");
                 return End::TooBig;
