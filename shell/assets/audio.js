@@ -7,7 +7,8 @@
 'use strict';
 
 (() => {
-  const base = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
+  // The page's directory (`/play/TOKEN/`, also when opened as `.../index.html`).
+  const base = location.pathname.replace(/[^/]*$/, '');
   const wsBase = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base;
   const button = document.getElementById('audio');
   const nowMicros = () => (performance.timeOrigin + performance.now()) * 1000;
@@ -36,7 +37,7 @@
   function render() {
     if (!button) return;
     let text;
-    if (stats.state === 'unsupported') text = 'no audio (this browser has no AudioDecoder)';
+    if (stats.state === 'unsupported') text = 'no audio (this browser cannot decode it)';
     else if (stats.state === 'off' || stats.state === 'down' || stats.state === 'ended') text = 'no audio';
     else if (stats.state === 'connecting') text = 'audio…';
     else if (!ctx || ctx.state !== 'running') text = '🔇 click for sound';
@@ -86,7 +87,8 @@
     if (ev && button && button.contains(ev.target)) return;
     startSound().catch((e) => console.warn('cannot start sound', e));
   }
-  for (const type of ['pointerdown', 'keydown', 'touchstart']) {
+  // Touch screens grant the right to start sound on the end of a tap, not its start.
+  for (const type of ['pointerdown', 'pointerup', 'keydown', 'touchstart', 'touchend', 'click']) {
     window.addEventListener(type, onGesture, { capture: true, passive: true });
   }
   if (button) {
@@ -127,7 +129,9 @@
     const index = Math.round(data.timestamp / PACKET_US);
     const captureUs = captures.get(index);
     for (const k of captures.keys()) { if (k > index) break; captures.delete(k); }
-    if (!node || captureUs === undefined) { data.close(); return; }
+    // Sound decoded while the context is not playing (before the first click, a suspended
+    // tab) is dropped here: the worklet only trims its buffer while it runs.
+    if (!node || captureUs === undefined || ctx.state !== 'running') { data.close(); return; }
     const frames = data.numberOfFrames;
     const left = new Float32Array(frames);
     const right = new Float32Array(frames);
@@ -137,19 +141,42 @@
     data.close();
   }
 
+  // A decoder that fails again and again restarts after a growing pause; one the browser
+  // cannot configure at all leaves the page without sound, saying so.
+  let errorsInRow = 0;
   function newDecoder(config) {
     if (decoder && decoder.state !== 'closed') decoder.close();
     captures = new Map();
     nextIndex = 0;
-    decoder = new AudioDecoder({
-      output: onData,
+    const dec = new AudioDecoder({
+      output: (data) => { errorsInRow = 0; onData(data); },
       error: (e) => {
         stats.decodeErrors++;
         console.warn('audio decoder error', e);
-        newDecoder(config);
+        if (decoder !== dec) return;
+        decoder = null;
+        const pause = errorsInRow === 0 ? 0 : Math.min(250 * 2 ** errorsInRow, 5000);
+        errorsInRow++;
+        setTimeout(() => { if (!decoder && stats.state !== 'unsupported' && !closedForGood) newDecoder(config); }, pause);
       },
     });
-    decoder.configure({ codec: config.codec, sampleRate: config.sampleRate, numberOfChannels: config.channels });
+    decoder = dec;
+    const settings = { codec: config.codec, sampleRate: config.sampleRate, numberOfChannels: config.channels };
+    const refuse = () => {
+      if (decoder !== dec) return;
+      if (dec.state !== 'closed') dec.close();
+      decoder = null;
+      stats.state = 'unsupported';
+      render();
+    };
+    try {
+      dec.configure(settings);
+    } catch (e) {
+      console.warn('audio decoder configuration refused', e);
+      refuse();
+      return;
+    }
+    AudioDecoder.isConfigSupported(settings).then((r) => { if (!r.supported) refuse(); }, refuse);
   }
 
   let backoff = 250;
@@ -164,6 +191,7 @@
         if (m.codec) {
           newDecoder(m);
         } else if (m.audio) {
+          if (stats.state === 'unsupported') return;
           stats.state = m.audio;
           if (m.audio !== 'ok' && node) node.port.postMessage({ reset: true });
         }
@@ -171,7 +199,7 @@
         return;
       }
       const view = new DataView(ev.data);
-      if (!decoder || view.byteLength < 17 || view.getUint8(0) !== 2) return;
+      if (!decoder || decoder.state !== 'configured' || view.byteLength < 17 || view.getUint8(0) !== 2) return;
       stats.packets++;
       if (stats.state !== 'ok') { stats.state = 'ok'; render(); }
       // A decoder far behind (a stalled tab) restarts rather than playing old sound.

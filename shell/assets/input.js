@@ -17,7 +17,8 @@
   const PAD_BUTTONS = { up: 12, down: 13, left: 14, right: 15, a: 0, b: 1, select: 8, start: 9 };
   const DEAD_ZONE = 0.5;
 
-  const base = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
+  // The page's directory (`/play/TOKEN/`, also when opened as `.../index.html`).
+  const base = location.pathname.replace(/[^/]*$/, '');
   const wsBase = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base;
   const badge = document.getElementById('badge');
   const stage = document.getElementById('stage') || document.body;
@@ -123,7 +124,7 @@
   function update() {
     const bits = keyboardBits() | gamepadBits | touchBits();
     state.bits = bits;
-    for (const e of pad.querySelectorAll('[data-pad]')) e.classList.toggle('down', (bits & bit(e.dataset.pad)) !== 0);
+    for (const e of pad.querySelectorAll('[data-pad]')) e.classList.toggle('pressed', (bits & bit(e.dataset.pad)) !== 0);
     if (bits === lastSent || !socket || socket.readyState !== WebSocket.OPEN) return;
     socket.send(new Uint8Array([bits]));
     lastSent = bits;
@@ -161,7 +162,9 @@
     const ws = new WebSocket(wsBase + 'input/' + state.player + (takeover ? '?takeover=1' : ''));
     socket = ws;
     ws.binaryType = 'arraybuffer';
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       backoff = 250;
       state.connected = true;
       lastSent = 0; // the server starts with no key held
@@ -172,7 +175,12 @@
       if (typeof ev.data !== 'string') return;
       try {
         const reply = JSON.parse(ev.data);
-        if (reply.error) { state.errors++; state.lastError = reply.error; console.warn('input:', reply.error); }
+        if (reply.error) {
+          state.errors++; state.lastError = reply.error; console.warn('input:', reply.error);
+          // A dropped message may have been the last change (a release): send the whole
+          // state again once the limit has room.
+          if (reply.error.startsWith('rate limit')) setTimeout(() => { lastSent = -1; update(); }, 250);
+        }
       } catch (_) { /* not ours */ }
     };
     ws.onclose = (ev) => {
@@ -194,7 +202,9 @@
         return;
       }
       state.reconnects++;
-      retry = setTimeout(() => { retry = null; connect(false); }, backoff);
+      // This page held the slot until its connection broke: the pod may not have noticed yet
+      // (it does within --input-timeout), so come back as its controller rather than be refused.
+      retry = setTimeout(() => { retry = null; connect(opened); }, backoff);
       backoff = Math.min(backoff * 2, 5000);
       showBadge();
     };
@@ -235,12 +245,17 @@
     if (!state.player || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (!codeToKey(ev.code)) return;
     ev.preventDefault();
-    if (ev.repeat) return;
+    // A repeat of a key we hold changes nothing; one we do not hold (released below while
+    // still down) presses it again.
+    if (ev.repeat && held.has(ev.code)) return;
     held.add(ev.code);
     update();
   });
   window.addEventListener('keyup', (ev) => {
     if (held.delete(ev.code)) { ev.preventDefault(); update(); }
+    // macOS sends no keyup for a key let go while Command is down: when Command comes up,
+    // nothing the keyboard held can be trusted; a key still down comes back with its repeat.
+    if (ev.key === 'Meta' && held.size) { held.clear(); update(); }
   });
   window.addEventListener('blur', releaseAll);
   document.addEventListener('visibilitychange', () => { if (document.hidden) releaseAll(); });

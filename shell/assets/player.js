@@ -5,7 +5,8 @@
 'use strict';
 
 (() => {
-  const base = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
+  // The page's directory (`/play/TOKEN/`, also when opened as `.../index.html`).
+  const base = location.pathname.replace(/[^/]*$/, '');
   const wsBase = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + base;
   const canvas = document.getElementById('screen');
   const ctx = canvas.getContext('2d', { alpha: false, desynchronized: true });
@@ -17,7 +18,7 @@
     connected: false, codec: null, width: 0, height: 0,
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
     decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
-    clockOffsetMs: null, clockRttMs: null, ended: null,
+    clockOffsetMs: null, clockRttMs: null, ended: null, unsupported: null,
     // Frames the pod sent this page that never came (it fell behind and skipped to a keyframe).
     missedFrames: 0,
     // The pod sends a frame when the picture changes, and one a second while it does not: a
@@ -120,41 +121,105 @@
     requestAnimationFrame(draw);
   }
 
+  // Asks the pod for a fresh keyframe, at most once a second (the pod honours one a second per
+  // viewer: every IDR goes to every viewer).
+  let lastKeyRequest = -Infinity;
+  function requestKeyframe(socket) {
+    const now = performance.now();
+    if (now - lastKeyRequest < 1000 || socket.readyState !== WebSocket.OPEN) return;
+    lastKeyRequest = now;
+    socket.send('keyframe');
+  }
+
+  // A browser that cannot decode the stream says so once and stops, rather than restarting its
+  // decoder on every frame.
+  let unsupported = false;
+  function refuse(codec, socket) {
+    unsupported = true;
+    stats.unsupported = codec;
+    if (decoder && decoder.state !== 'closed') decoder.close();
+    decoder = null;
+    showMessage(`This browser cannot decode the stream's video (${codec}). ` +
+      'Use a recent Chromium, Chrome, Edge or Safari.');
+    socket.close(1000, 'codec not supported');
+  }
+
+  // Decoder errors in a row restart it after a growing pause (a broken frame: at once; a decoder
+  // that fails on everything: up to 5 s apart).
+  let errorsInRow = 0;
+  const FAILING = 4; // errors in a row that the page tells the user about
   function newDecoder(config, socket) {
     if (decoder && decoder.state !== 'closed') decoder.close();
-    decoder = new VideoDecoder({
-      output: onFrame,
+    const dec = new VideoDecoder({
+      output: (frame) => {
+        if (errorsInRow >= FAILING) showMessage('');
+        errorsInRow = 0;
+        onFrame(frame);
+      },
       error: (e) => {
         stats.decodeErrors++;
         console.warn('decoder error', e);
+        if (decoder !== dec || unsupported) return;
         waitingForKey = true;
-        newDecoder(config, socket);
-        if (socket.readyState === WebSocket.OPEN) socket.send('keyframe');
+        const pause = errorsInRow === 0 ? 0 : Math.min(250 * 2 ** errorsInRow, 5000);
+        errorsInRow++;
+        if (errorsInRow === FAILING) {
+          showMessage("This browser's video decoder keeps failing on the stream; still trying…");
+        }
+        setTimeout(() => {
+          if (decoder !== dec || socket.readyState !== WebSocket.OPEN) return;
+          newDecoder(config, socket);
+          requestKeyframe(socket);
+        }, pause);
       },
     });
-    decoder.configure({ codec: config.codec, optimizeForLatency: true, hardwareAcceleration: 'no-preference' });
+    decoder = dec;
+    const settings = { codec: config.codec, optimizeForLatency: true, hardwareAcceleration: 'no-preference' };
+    try {
+      dec.configure(settings);
+    } catch (e) {
+      console.warn('decoder configuration refused', e);
+      refuse(config.codec, socket);
+      return;
+    }
     waitingForKey = true;
+    VideoDecoder.isConfigSupported(settings).then((r) => {
+      if (!r.supported && decoder === dec) refuse(config.codec, socket);
+    }, () => { if (decoder === dec) refuse(config.codec, socket); });
   }
 
   let backoff = 250;
   // Reconnections in a row that did not open: from the second, ask whether the session is gone.
   let failures = 0;
+  // The pod sends a frame at least once a second: nothing for longer than this on an open
+  // socket is a connection that died without closing (a NAT timeout, a network change).
+  const SILENT_MS = 5000;
   function connect() {
-    if (window.playpodEnded) return;
+    if (window.playpodEnded || unsupported) return;
     const socket = new WebSocket(wsBase + 'video');
     socket.binaryType = 'arraybuffer';
     let config = null;
     let prober = null;
     let opened = false;
     lastSeq = null; // a new connection starts at a fresh keyframe
+    let heardAt = performance.now();
     socket.onopen = () => {
       opened = true;
       failures = 0;
       backoff = 250;
+      heardAt = performance.now();
       probeClock(socket);
-      prober = setInterval(() => probeClock(socket), 2000);
+      prober = setInterval(() => {
+        if (performance.now() - heardAt > SILENT_MS) {
+          console.warn(`nothing from the video socket for ${SILENT_MS / 1000} s: reconnecting`);
+          socket.close(4000, 'silent');
+          return;
+        }
+        probeClock(socket);
+      }, 1000);
     };
     socket.onmessage = (ev) => {
+      heardAt = performance.now();
       if (typeof ev.data === 'string') {
         const msg = JSON.parse(ev.data);
         if ('pong' in msg) { onPong(msg); return; }
@@ -165,7 +230,7 @@
         showMessage('');
         return;
       }
-      if (!decoder) return;
+      if (!decoder || decoder.state !== 'configured') return;
       const view = new DataView(ev.data);
       if (view.byteLength < 16 || view.getUint8(0) !== 1) return;
       const key = (view.getUint8(1) & 1) === 1;
@@ -177,12 +242,16 @@
       stats.messages++;
       stats.bytes += view.byteLength;
       if (key) stats.keyframes++;
-      if (waitingForKey && !key) return;
+      if (waitingForKey && !key) {
+        // Still waiting (the request, or its IDR, may have been lost): ask again, paced.
+        if (stats.framesDecoded > 0 || stats.keyframes > 0) requestKeyframe(socket);
+        return;
+      }
       // A decoder falling far behind (a slow device) restarts from a fresh keyframe.
       if (decoder.decodeQueueSize > 30) {
         stats.droppedFrames += decoder.decodeQueueSize;
         newDecoder(config, socket);
-        socket.send('keyframe');
+        requestKeyframe(socket);
         return;
       }
       waitingForKey = false;
@@ -198,7 +267,7 @@
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;
-      if (window.playpodSessionEnded(ev)) return;
+      if (window.playpodSessionEnded(ev) || unsupported) return;
       stats.reconnects++;
       showMessage(`Disconnected; reconnecting in ${(backoff / 1000).toFixed(1)} s…`);
       const wait = backoff;

@@ -36,7 +36,14 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The response for an embedded file, or `None` if there is no such file.
+/// What the page may load and do: only its own files and its own sockets, no inline code, and
+/// no framing by another site.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// The response for an embedded file, or `None` if there is no such file. The page's address
+/// holds the session's token: no `Referer` carries it elsewhere.
 pub fn response(name: &str) -> Option<Response> {
     let (_, mime, body) = FILES.iter().find(|(n, _, _)| *n == name)?;
     Some(
@@ -47,6 +54,14 @@ pub fn response(name: &str) -> Option<Response> {
                 (
                     header::X_CONTENT_TYPE_OPTIONS,
                     HeaderValue::from_static("nosniff"),
+                ),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+                ),
+                (
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
                 ),
             ],
             *body,

@@ -149,25 +149,32 @@ pub enum EncoderChoice {
     Nvenc,
 }
 
+/// The help heading of the demo's own flags (after the flattened groups, clap would file them
+/// under the last group's heading).
+const DEMO_HEADING: &str = "The demo's screen and game";
+/// The help heading of the pod's display flags.
+const POD_HEADING: &str = "The display to stream";
+
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub stream: StreamArgs,
     /// What the built-in game shows.
-    #[arg(long, value_enum, default_value_t = Scene::Pong)]
+    #[arg(long, value_enum, default_value_t = Scene::Pong, help_heading = DEMO_HEADING)]
     pub scene: Scene,
     /// Seed of the built-in game.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = DEMO_HEADING)]
     pub seed: u64,
-    /// X display number for the virtual screen (default: the first free one from :99).
-    #[arg(long)]
+    /// X display number for the virtual screen, `99` or `:99` (default: the first free one
+    /// from :99).
+    #[arg(long, value_name = "N", value_parser = parse_display_number, help_heading = DEMO_HEADING)]
     pub display: Option<u32>,
     /// Share the framebuffer as a SysV segment (Xvfb -shmem) instead of a file on tmpfs.
-    #[arg(long)]
+    #[arg(long, help_heading = DEMO_HEADING)]
     pub shmem: bool,
     /// Stamp each frame's draw time, number and the players' keys into the top-left corner, for
     /// glass-to-glass measurements (see the README).
-    #[arg(long)]
+    #[arg(long, help_heading = DEMO_HEADING)]
     pub stamp: bool,
 }
 
@@ -176,13 +183,13 @@ pub struct PodArgs {
     #[command(flatten)]
     pub stream: StreamArgs,
     /// X display to stream, e.g. `:0`.
-    #[arg(long, env = "DISPLAY")]
+    #[arg(long, env = "DISPLAY", help_heading = POD_HEADING)]
     pub display: String,
     /// The framebuffer file Xvfb writes with -fbdir (DIR/Xvfb_screen0), read in place.
-    #[arg(long, conflicts_with = "shmid")]
+    #[arg(long, conflicts_with = "shmid", help_heading = POD_HEADING)]
     pub framebuffer: Option<PathBuf>,
     /// The SysV shared-memory id Xvfb prints with -shmem, read in place.
-    #[arg(long)]
+    #[arg(long, help_heading = POD_HEADING)]
     pub shmid: Option<i32>,
     /// PulseAudio server to record the game's sound from, e.g. `unix:/run/pulse/native`
     /// (default: $PULSE_SERVER; with neither, no audio).
@@ -194,8 +201,48 @@ pub struct PodArgs {
     /// Wait up to this many seconds for the display (and the framebuffer, if given) to
     /// appear, instead of failing at once: in a game pod the streamer starts beside the game,
     /// which starts Xvfb.
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 0, help_heading = POD_HEADING)]
     pub wait_for_display: u32,
+}
+
+/// H.264 level 5.2, the highest openh264 and NVENC take: at most this many 16x16 macroblocks
+/// in a frame ...
+pub const MAX_MACROBLOCKS_PER_FRAME: u64 = 36_864;
+/// ... and this many a second.
+pub const MAX_MACROBLOCKS_PER_SECOND: u64 = 2_073_600;
+
+impl StreamArgs {
+    /// Checks what each flag alone cannot: that `--size` at `--fps` fits H.264 level 5.2
+    /// (a larger picture would fail at the first viewer's first frame).
+    pub fn check(&self) -> Result<(), String> {
+        let (w, h) = self.size;
+        let mbs = u64::from(w).div_ceil(16) * u64::from(h).div_ceil(16);
+        if mbs > MAX_MACROBLOCKS_PER_FRAME {
+            return Err(format!(
+                "--size {w}x{h} is larger than H.264 (level 5.2) allows: at most \
+                 {MAX_MACROBLOCKS_PER_FRAME} macroblocks of 16x16 pixels a frame, such as \
+                 4096x2304 or 3840x2160; it has {mbs}"
+            ));
+        }
+        let per_second = mbs * u64::from(self.fps);
+        if per_second > MAX_MACROBLOCKS_PER_SECOND {
+            let fps_max = MAX_MACROBLOCKS_PER_SECOND / mbs;
+            return Err(format!(
+                "--size {w}x{h} at --fps {} is more than H.264 (level 5.2) allows: at most \
+                 {MAX_MACROBLOCKS_PER_SECOND} macroblocks of 16x16 pixels a second; this size \
+                 goes up to --fps {fps_max}",
+                self.fps
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses an X display number for the demo, `99` or `:99`.
+pub fn parse_display_number(s: &str) -> Result<u32, String> {
+    let n = s.strip_prefix(':').unwrap_or(s);
+    n.parse()
+        .map_err(|_| format!("expected a display number such as 99 or :99, got {s:?}"))
 }
 
 /// Parses `WxH` with both sides even and between 16 and 4096.
@@ -207,7 +254,7 @@ pub fn parse_size(s: &str) -> Result<(u16, u16), String> {
         let n: u16 = v
             .trim()
             .parse()
-            .map_err(|_| format!("{what} {v:?} is not a number"))?;
+            .map_err(|_| format!("{what} {v:?} is not a whole number from 16 to 4096"))?;
         if !(16..=4096).contains(&n) || !n.is_multiple_of(2) {
             return Err(format!("{what} {n} must be even and between 16 and 4096"));
         }
@@ -234,6 +281,55 @@ mod tests {
             "", "768", "x768", "767x768", "8x8", "99999x2", "axb", "-2x4",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn stream(args: &[&str]) -> StreamArgs {
+        let cli = Cli::try_parse_from(["playpod", "pod", "--display", ":0"].iter().chain(args))
+            .expect("valid flags");
+        match cli.command {
+            Command::Pod(pod) => pod.stream,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn sizes_beyond_h264_level_5_2_are_refused_before_anything_starts() {
+        for ok in [
+            &["--size", "768x768", "--fps", "240"][..],
+            &["--size", "3840x2160", "--fps", "60"],
+            &["--size", "4096x2304", "--fps", "56"],
+            &[],
+        ] {
+            assert_eq!(stream(ok).check(), Ok(()), "{ok:?}");
+        }
+        let frame = stream(&["--size", "4096x4096", "--fps", "1"]).check();
+        assert!(
+            frame
+                .as_ref()
+                .is_err_and(|e| e.contains("36864") && e.contains("65536")),
+            "{frame:?}"
+        );
+        let rate = stream(&["--size", "4096x2304"]).check();
+        assert!(
+            rate.as_ref()
+                .is_err_and(|e| e.contains("--fps 60") && e.contains("up to --fps 56")),
+            "{rate:?}"
+        );
+        // Odd sizes round up to whole macroblocks, as the encoder sees them.
+        assert!(
+            stream(&["--size", "4090x2306", "--fps", "1"])
+                .check()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_demo_takes_its_display_with_or_without_the_colon() {
+        assert_eq!(parse_display_number("99"), Ok(99));
+        assert_eq!(parse_display_number(":7"), Ok(7));
+        for bad in ["", ":", "::9", "x", "-1", ":99.0"] {
+            assert!(parse_display_number(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -242,7 +242,7 @@ async fn start_pulse(home: &PulseHome) -> Option<PulseDaemon> {
     match PulseDaemon::start(&program, home).await {
         Ok(daemon) => Some(daemon),
         Err(err) => {
-            tracing::warn!("{err:#}; the demo has no sound");
+            tracing::warn!("{}; the demo has no sound", crate::error_text(&err));
             None
         }
     }
@@ -274,7 +274,7 @@ async fn keep_pulse_running(pulse: &mut Option<PulseDaemon>, home: Option<&Pulse
             }
             Err(err) => {
                 delay = (delay * 2).min(Duration::from_secs(30));
-                tracing::warn!("{err:#}; trying again in {delay:?}");
+                tracing::warn!("{}; trying again in {delay:?}", crate::error_text(&err));
             }
         }
     }
@@ -344,6 +344,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
     // Check the cores and bind first: a bad core or a taken port fails before anything starts.
+    args.stream.check().map_err(anyhow::Error::msg)?;
     let cores = Placement::decide_here(&args.stream, Machine::Ours)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;

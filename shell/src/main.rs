@@ -21,9 +21,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             match log_format {
-                LogFormat::Text => eprintln!("playpod: error: {err:#}"),
+                LogFormat::Text => eprintln!("playpod: error: {}", playpod::error_text(&err)),
                 // A log shipper gets the end of the command as one more JSON line.
-                LogFormat::Json => tracing::error!(error = format!("{err:#}"), "playpod: error"),
+                LogFormat::Json => {
+                    tracing::error!(error = playpod::error_text(&err), "playpod: error")
+                }
             }
             std::process::ExitCode::FAILURE
         }

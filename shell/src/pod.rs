@@ -55,7 +55,7 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
                     said = true;
                     tracing::info!(
                         display = %args.display,
-                        err = format!("{err:#}"),
+                        err = crate::error_text(&err),
                         "waiting up to {} s for the display",
                         wait.as_secs()
                     );
@@ -76,6 +76,7 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
     // Signal handlers first, in place for all that follows (waiting for the display too).
     let mut stop_signal = std::pin::pin!(session::shutdown_signal());
+    args.stream.check().map_err(anyhow::Error::msg)?;
     let cores = Placement::decide_here(&args.stream, Machine::Shared)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
@@ -120,7 +121,7 @@ pub async fn run(args: PodArgs) -> anyhow::Result<()> {
         Err(err) if watch.closed_within(DISPLAY_GRACE).await => {
             tracing::info!(
                 display = watch.display(),
-                err = format!("{err:#}"),
+                err = crate::error_text(&err),
                 "the X server closed the display (the game is over): stopped"
             );
             Ok(())

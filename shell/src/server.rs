@@ -10,9 +10,9 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code as axum_close,
 };
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -32,6 +32,11 @@ pub const MEDIA_HEADER_LEN: usize = 16;
 pub const KIND_VIDEO: u8 = 1;
 /// A viewer whose socket does not take a message for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A viewer's `keyframe` requests are honoured at most this often: every IDR goes to every
+/// viewer, so a page whose decoder keeps failing (or a hostile one) must not turn the whole
+/// stream into IDRs. A new viewer's first IDR does not count.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The picture the session streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -164,6 +169,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/play/{token}/{file}", get(player_file))
         .fallback(|| async { not_found() })
+        // A known path with another method answers as an unknown one: the same for any token.
+        .method_not_allowed_fallback(|| async { not_found() })
         .with_state(state)
 }
 
@@ -180,11 +187,28 @@ pub fn not_found() -> Response {
         .into_response()
 }
 
-async fn play_redirect(State(app): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+/// `/play/TOKEN` -> `/play/TOKEN/`, the query kept (`?player=1` still chooses the player).
+async fn play_redirect(
+    State(app): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !app.token_ok(&token) {
         return not_found();
     }
-    Redirect::permanent(&format!("/play/{token}/")).into_response()
+    let location = match query {
+        Some(query) => format!("/play/{token}/?{query}"),
+        None => format!("/play/{token}/"),
+    };
+    // The token matched ours and the query came from a parsed URI: both are header-safe.
+    match HeaderValue::try_from(location) {
+        Ok(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => not_found(),
+    }
 }
 
 async fn player_page(State(app): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
@@ -351,6 +375,7 @@ pub async fn stream_video<S, R>(
     // here beyond the message handed to the socket.
     let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
     let mut configured = false;
+    let mut last_key_request: Option<tokio::time::Instant> = None;
     loop {
         buf.clear();
         buf.resize(MEDIA_HEADER_LEN, 0);
@@ -358,10 +383,20 @@ pub async fn stream_video<S, R>(
             outcome = std::future::poll_fn(|cx| reader.poll_read(cx, &mut buf)) => outcome,
             msg = incoming.next() => match msg {
                 // Pings are answered by the socket itself.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) => {
+                    answer_close(&mut sink).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 // A player whose decoder restarted asks for a fresh keyframe.
                 Some(Ok(Message::Text(t))) if t.as_str() == "keyframe" => {
-                    app.ring.request_keyframe();
+                    let now = tokio::time::Instant::now();
+                    if last_key_request
+                        .is_none_or(|at| now.duration_since(at) >= KEYFRAME_REQUEST_INTERVAL)
+                    {
+                        app.ring.request_keyframe();
+                        last_key_request = Some(now);
+                    }
                     continue;
                 }
                 // The player estimates the offset between its clock and ours, so that its
@@ -408,6 +443,13 @@ pub async fn stream_video<S, R>(
         health.frames_sent.fetch_add(1, Ordering::Relaxed);
         health.bytes_sent.fetch_add(len, Ordering::Relaxed);
     }
+}
+
+/// Answers the peer's close frame (the socket queued the answer; closing the sink sends it),
+/// so the browser sees a clean close rather than a dropped connection. Bounded: a peer that
+/// takes nothing more is not waited for.
+pub(crate) async fn answer_close<S: Sink<Message> + Unpin>(sink: &mut S) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: Message, health: &Health) -> bool {

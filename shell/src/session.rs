@@ -81,7 +81,7 @@ fn make_video_path(choice: EncoderChoice, settings: EncoderSettings) -> anyhow::
             if found.nvenc.is_some() {
                 match nvenc_path(&found, settings) {
                     Ok(path) => return Ok(path),
-                    Err(err) => tracing::warn!(reason = %format!("{err:#}"), "NVENC unusable"),
+                    Err(err) => tracing::warn!(reason = %crate::error_text(&err), "NVENC unusable"),
                 }
             }
             let Some(gpu) = &found.gpu else {

@@ -14,7 +14,8 @@ pub fn random_token() -> String {
 pub fn parse_token(s: &str) -> Result<String, String> {
     if !(16..=128).contains(&s.len()) {
         return Err(format!(
-            "a token must be 16 to 128 characters long (got {}); the default is 128 random bits",
+            "a token must be 16 to 128 characters long (got {}); 32 random hex digits, as \
+             `openssl rand -hex 16` prints, make a good one",
             s.len()
         ));
     }

@@ -578,6 +578,75 @@ async fn check_paddle_follows_keys(client: &Client, served: &Served) {
         edge_ok,
         "after holding the first key for {hold:?} the paddle's centre is at {at_first_end:.0}"
     );
+    check_touch_pad_layout(client, DOWN).await;
+}
+
+/// The touch pad's buttons (shown here by hand: a desktop Chromium has a fine pointer), as
+/// `[name, left, top, right, bottom, pressed]`.
+const PAD_KEYS: &str = r"
+const pad = document.getElementById('pad');
+pad.hidden = false;
+return [...pad.querySelectorAll('[data-pad]')].map((e) => {
+  const r = e.getBoundingClientRect();
+  return [e.dataset.pad, r.left, r.top, r.right, r.bottom, e.classList.contains('pressed')];
+});
+";
+
+/// A pressed pad button stays where the finger is (it once jumped away when pressed), shows it
+/// is pressed, and on a phone held upright no button covers another.
+async fn check_touch_pad_layout(client: &Client, down_key: char) {
+    let keys = |v: Value| -> Vec<(String, [f64; 4], bool)> {
+        v.as_array()
+            .expect("pad keys")
+            .iter()
+            .map(|k| {
+                let n = |i: usize| k[i].as_f64().expect("a coordinate");
+                (
+                    k[0].as_str().expect("a name").to_owned(),
+                    [n(1), n(2), n(3), n(4)],
+                    k[5].as_bool().expect("pressed"),
+                )
+            })
+            .collect()
+    };
+    let before = keys(client.execute(PAD_KEYS, vec![]).await.expect("pad keys"));
+    assert_eq!(before.len(), 8, "{before:?}");
+    client
+        .perform_actions(
+            KeyActions::new("keyboard".to_owned()).then(KeyAction::Down { value: down_key }),
+        )
+        .await
+        .expect("hold down");
+    let held = keys(client.execute(PAD_KEYS, vec![]).await.expect("pad keys"));
+    client
+        .perform_actions(
+            KeyActions::new("keyboard".to_owned()).then(KeyAction::Up { value: down_key }),
+        )
+        .await
+        .expect("release down");
+    for ((name, was, _), (_, now, pressed)) in before.iter().zip(&held) {
+        assert_eq!(was, now, "the {name} button moved while down was held");
+        assert_eq!(*pressed, name == "down", "{name} shown pressed: {pressed}");
+    }
+    client
+        .set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    let phone = keys(client.execute(PAD_KEYS, vec![]).await.expect("pad keys"));
+    for (i, (a, ra, _)) in phone.iter().enumerate() {
+        for (b, rb, _) in &phone[i + 1..] {
+            // Neighbouring D-pad keys share their 1-px borders: more than that is a cover.
+            const SHARED: f64 = 5.0;
+            let overlap = ra[0] + SHARED < rb[2]
+                && rb[0] + SHARED < ra[2]
+                && ra[1] + SHARED < rb[3]
+                && rb[1] + SHARED < ra[3];
+            assert!(
+                !overlap,
+                "at 390x844 the {a} button {ra:?} overlaps {b} {rb:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,6 +779,115 @@ const t0 = performance.now();
         .execute_async(&script, vec![])
         .await
         .expect("poll the page")
+}
+
+/// A Chrome DevTools command through chromedriver (`goog/cdp/execute`): fantoccini has no
+/// method for it.
+#[derive(Debug)]
+struct Cdp(&'static str, Value);
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.0, "params": self.1 });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Before the page's own scripts: the video decoder fails on every frame (as if the stream's
+/// codec were one this browser lacks), and `?unsupported` makes the browser say it has no such
+/// decoder at all; the page's keyframe requests are counted.
+const BROKEN_DECODER: &str = r"
+const configure = VideoDecoder.prototype.configure;
+VideoDecoder.prototype.configure = function (c) { return configure.call(this, { ...c, codec: 'xyz1.000000' }); };
+if (location.search.includes('unsupported')) {
+  VideoDecoder.isConfigSupported = async (config) => ({ supported: false, config });
+}
+window.__keyframeRequests = 0;
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (d) { if (d === 'keyframe') window.__keyframeRequests++; return send.call(this, d); };
+";
+
+/// A browser whose decoder cannot play the stream says so, and does not flood the pod with
+/// keyframe requests (every IDR goes to every viewer): once a decoder that failed on every
+/// frame restarted at task speed and asked for a keyframe each time (8,460 in 4 s).
+async fn check_broken_decoder(client: &Client, served: &Served) {
+    client
+        .issue_cmd(Cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": BROKEN_DECODER }),
+        ))
+        .await
+        .expect("add the broken decoder");
+    client
+        .goto(&format!("{}?unsupported", served.url))
+        .await
+        .expect("open the player");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unsupported = read_decoder_state(client).await;
+    eprintln!("no such decoder: {unsupported}");
+    assert!(
+        unsupported["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot decode")),
+        "{unsupported}"
+    );
+    assert_eq!(int(&unsupported, "requests"), 0, "{unsupported}");
+    assert_eq!(
+        unsupported["stats"]["connected"],
+        json!(false),
+        "{unsupported}"
+    );
+
+    client.goto(&served.url).await.expect("open the player");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let failing = read_decoder_state(client).await;
+    eprintln!("a decoder failing on every frame: {failing}");
+    let errors = int(&failing["stats"], "decodeErrors");
+    assert!(
+        (1..=8).contains(&errors),
+        "{errors} decoder errors in 6 s: {failing}"
+    );
+    assert!(
+        int(&failing, "requests") <= 7,
+        "keyframe requests: {failing}"
+    );
+    assert!(
+        failing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("keeps failing")),
+        "{failing}"
+    );
+}
+
+async fn read_decoder_state(client: &Client) -> Value {
+    client
+        .execute(
+            "const m = document.getElementById('message'); \
+             return { message: m.hidden ? null : m.textContent, stats: window.playpodStats, \
+                      requests: window.__keyframeRequests };",
+            vec![],
+        )
+        .await
+        .expect("read the page")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_it_cannot_decode_the_stream() {
+    in_chromium(&["demo", "--scene", "pong"], |client, served| {
+        check_broken_decoder(client, served).boxed()
+    })
+    .await;
 }
 
 /// Sends SIGCONT to a process stopped with SIGSTOP, also when the test fails in between.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use playpod::cli::{Cli, Command, StreamArgs};
 use playpod::server::AppState;
 use playpod::session::{self, Session};
@@ -87,18 +87,45 @@ async fn start_with(source: MovingPattern, size: (u32, u32), bitrate_kbps: u32) 
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_headers(addr, path).await;
+    (status, body)
+}
+
+/// Status, header lines (names lower-cased) and body.
+async fn http_get_with_headers(addr: SocketAddr, path: &str) -> (u16, Vec<String>, String) {
+    http_request(addr, "GET", path).await
+}
+
+async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, Vec<String>, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{}", name.to_ascii_lowercase(), value),
+            None => l.to_owned(),
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header_value<'a>(headers: &'a [String], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 type Ws =
@@ -124,6 +151,14 @@ struct Header {
     key: bool,
     seq: u32,
     capture_us: u64,
+}
+
+async fn next_or_end(
+    ws: &mut Ws,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a message or the end within 5 s")
 }
 
 fn header(b: &[u8]) -> Header {
@@ -181,6 +216,15 @@ async fn viewer_gets_config_then_a_keyframe_with_parameter_sets() {
         }
         last_seq = Some(h.seq);
     }
+    // A viewer closing gets the pod's close frame back: a clean close, not a dropped one.
+    ws.close(None).await.unwrap();
+    loop {
+        match next_or_end(&mut ws).await {
+            Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
+            other => panic!("the pod did not answer the close frame: {other:?}"),
+        }
+    }
     server.stop().await;
 }
 
@@ -198,6 +242,16 @@ async fn wrong_token_is_indistinguishable_from_an_unknown_path() {
         &format!("/play/{TOKEN}/no-such-file"),
     ] {
         assert_eq!(http_get(server.addr, path).await, unknown, "{path}");
+    }
+    // Another method: the same answer whatever the token, right or wrong.
+    for path in [
+        "/play/0123456789abcdef0123456789abcdeX/".to_owned(),
+        format!("/play/{TOKEN}/"),
+        format!("/play/{TOKEN}/video"),
+        "/nothing".to_owned(),
+    ] {
+        let (status, _, body) = http_request(server.addr, "POST", &path).await;
+        assert_eq!((status, body), unknown, "POST {path}");
     }
     let err = tokio_tungstenite::connect_async(format!(
         "ws://{}/play/0123456789abcdef0123456789abcdeX/video",
@@ -220,6 +274,98 @@ async fn wrong_token_is_indistinguishable_from_an_unknown_path() {
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["encoder"], "openh264");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_keeps_its_query_through_the_redirect_and_limits_what_it_loads() {
+    let server = start((64, 64)).await;
+    // A link without the trailing slash still makes its reader player 1.
+    let (status, headers, _) =
+        http_get_with_headers(server.addr, &format!("/play/{TOKEN}?player=1&overlay=0")).await;
+    assert_eq!(status, 308);
+    assert_eq!(
+        header_value(&headers, "location"),
+        Some(format!("/play/{TOKEN}/?player=1&overlay=0").as_str())
+    );
+    let (status, headers, _) = http_get_with_headers(server.addr, &format!("/play/{TOKEN}")).await;
+    assert_eq!(status, 308);
+    assert_eq!(
+        header_value(&headers, "location"),
+        Some(format!("/play/{TOKEN}/").as_str())
+    );
+    // A wrong token with a query is still just not found.
+    let (status, headers, _) = http_get_with_headers(
+        server.addr,
+        "/play/0123456789abcdef0123456789abcdeX?player=1",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(header_value(&headers, "location"), None);
+    // The page and its files: their own origin only, never framed, the token never sent on.
+    for file in ["", "player.js", "audio-worklet.js", "player.css"] {
+        let (status, headers, _) =
+            http_get_with_headers(server.addr, &format!("/play/{TOKEN}/{file}")).await;
+        assert_eq!(status, 200, "{file}");
+        let csp = header_value(&headers, "content-security-policy")
+            .unwrap_or_else(|| panic!("{file}: no Content-Security-Policy in {headers:?}"));
+        for directive in [
+            "default-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                csp.contains(directive),
+                "{file}: {directive} missing in {csp}"
+            );
+        }
+        assert!(!csp.contains("unsafe"), "{file}: {csp}");
+        assert_eq!(
+            header_value(&headers, "referrer-policy"),
+            Some("no-referrer"),
+            "{file}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_asking_for_keyframes_all_the_time_gets_about_one_a_second() {
+    let server = start((320, 240)).await;
+    let mut ws = viewer(server.addr).await;
+    let Message::Text(_) = next(&mut ws).await else {
+        panic!("the config first");
+    };
+    let Message::Binary(first) = next(&mut ws).await else {
+        panic!("then media");
+    };
+    assert!(header(&first).key, "a new viewer's first frame is an IDR");
+    // A few frames, none of them IDRs: nobody asked.
+    for _ in 0..10 {
+        let Message::Binary(b) = next(&mut ws).await else {
+            panic!("media");
+        };
+        assert!(!header(&b).key, "an IDR nobody asked for");
+    }
+    // Now ask after every frame, as a page whose decoder fails on every frame would.
+    let started = std::time::Instant::now();
+    let mut keyframes = 0u32;
+    let mut frames = 0u32;
+    while frames < 120 {
+        ws.send(Message::Text("keyframe".into())).await.unwrap();
+        let Message::Binary(b) = next(&mut ws).await else {
+            continue;
+        };
+        frames += 1;
+        keyframes += u32::from(header(&b).key);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(keyframes >= 1, "the first request is honoured");
+    // Unpaced, nearly every one of the 120 frames would be an IDR.
+    assert!(
+        f64::from(keyframes) <= seconds + 2.0,
+        "{keyframes} IDRs in {frames} frames over {seconds:.1} s: at most about one a second"
+    );
     server.stop().await;
 }
 

@@ -119,7 +119,11 @@ pub async fn stream_audio<S, R>(
         let outcome = tokio::select! {
             outcome = std::future::poll_fn(|cx| reader.poll_read(cx, &mut buf)) => Some(outcome),
             msg = incoming.next() => match msg {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) => {
+                    crate::server::answer_close(&mut sink).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => None,
             },
             _ = poll.tick() => None,
