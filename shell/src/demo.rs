@@ -344,7 +344,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
     // Check the cores and bind first: a bad core or a taken port fails before anything starts.
-    args.stream.check().map_err(anyhow::Error::msg)?;
+    session::preflight(&args.stream)?;
     let cores = Placement::decide_here(&args.stream, Machine::Ours)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;

@@ -76,7 +76,7 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {
     // Signal handlers first, in place for all that follows (waiting for the display too).
     let mut stop_signal = std::pin::pin!(session::shutdown_signal());
-    args.stream.check().map_err(anyhow::Error::msg)?;
+    session::preflight(&args.stream)?;
     let cores = Placement::decide_here(&args.stream, Machine::Shared)?;
     let (listener, addr) = session::bind(args.stream.listen)?;
     let tls = crate::tls::config(&args.stream.tls, addr).await?;

@@ -65,6 +65,35 @@ fn nvenc_path(choice: &GpuChoice, settings: EncoderSettings) -> anyhow::Result<V
     })
 }
 
+/// What can be found wrong with the flags before anything starts (a screen, a sound server, a
+/// game): a picture H.264 cannot carry, a player's input port already taken, `--encoder nvenc`
+/// where there is no NVENC. Each is met again later, where it is used; this says it first.
+pub fn preflight(args: &StreamArgs) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
+    let ip = args.listen.ip();
+    for (player, port) in [(1, args.input.input_port_1), (2, args.input.input_port_2)] {
+        if let Some(port) = port {
+            let addr = std::net::SocketAddr::new(ip, port);
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!(
+                    "cannot listen for player {player}'s input on {addr} (--input-port-{player})"
+                )
+            })?;
+        }
+    }
+    if args.encoder == EncoderChoice::Nvenc {
+        let found = GpuChoice::detect();
+        if found.nvenc.is_none() {
+            bail!(
+                "--encoder nvenc: NVENC is not available: {}; --encoder auto uses the GPU where \
+                 it can and the CPU otherwise",
+                found.reason
+            );
+        }
+    }
+    Ok(())
+}
+
 fn make_video_path(choice: EncoderChoice, settings: EncoderSettings) -> anyhow::Result<VideoPath> {
     let cpu = |reason: String| -> anyhow::Result<VideoPath> {
         Ok(VideoPath {

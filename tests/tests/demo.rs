@@ -427,6 +427,42 @@ fn demo_refuses_a_core_it_may_not_run_on_before_starting_anything() {
 }
 
 #[test]
+fn demo_refuses_what_it_cannot_serve_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    let mut cases = vec![
+        (
+            vec!["--input-port-1", port.as_str()],
+            format!("cannot listen for player 1's input on 127.0.0.1:{port} (--input-port-1)"),
+        ),
+        (
+            vec!["--size", "4096x4096"],
+            "--size 4096x4096 is larger than H.264 (level 5.2) allows".to_owned(),
+        ),
+    ];
+    let gpu = playpod_hotpath::gpu::GpuChoice::detect();
+    if gpu.nvenc.is_none() {
+        cases.push((
+            vec!["--encoder", "nvenc"],
+            "--encoder nvenc: NVENC is not available".to_owned(),
+        ));
+    } else {
+        eprintln!("NVENC present: --encoder nvenc is not refused here");
+    }
+    for (flags, want) in cases {
+        let mut cmd = Command::new(playpod_bin());
+        cmd.args(["demo", "--listen", "127.0.0.1:0"]).args(&flags);
+        let (status, stderr) = run_to_exit(cmd);
+        assert!(!status.success(), "{flags:?}: {status}");
+        assert!(stderr.contains(&want), "{flags:?}: {stderr}");
+        assert!(
+            !stderr.contains("virtual screen ready"),
+            "{flags:?}: it started Xvfb before refusing: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn demo_on_a_taken_display_says_so() {
     let xvfb = Xvfb::start(64, 64);
     let mut cmd = Command::new(playpod_bin());
