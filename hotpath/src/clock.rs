@@ -44,6 +44,18 @@ impl FrameClock {
         self.start + self.period * n
     }
 
+    /// Moves every later deadline by `by`, earlier when `earlier`: how the frame thread lines
+    /// its ticks up with the game's drawing ([`phase_correction`]).
+    pub fn shift(&mut self, by: Duration, earlier: bool) {
+        if earlier {
+            if let Some(start) = self.start.checked_sub(by) {
+                self.start = start;
+            }
+        } else {
+            self.start += by;
+        }
+    }
+
     /// The next frame to make, given the time now. When `now` is a whole period or more past
     /// the next deadline, the frames in between are skipped (counted in `missed`) rather than
     /// made in a burst.
@@ -66,9 +78,100 @@ impl FrameClock {
     }
 }
 
+/// How long after the game starts drawing a frame the tick should come: the drawing itself
+/// (one image put, or a few fills) is done well within it, and a frame captured then waits
+/// no longer than this for its tick.
+pub const DRAW_LAG: Duration = Duration::from_millis(2);
+
+/// Errors smaller than this are left alone (timing noise), so the clock does not dither.
+const DEADBAND: Duration = Duration::from_micros(500);
+
+/// How to move the clock so that its ticks come [`DRAW_LAG`] after the game starts drawing:
+/// `since_drawing` is from the start of the latest drawing to this tick. `None`: leave the
+/// clock as it is (on time, or the drawing too old to say anything). Otherwise the shift and
+/// whether it is earlier: a quarter of the error, so a late drawing now and then only nudges
+/// it, and a steady game is followed within a few frames.
+pub fn phase_correction(since_drawing: Duration, period: Duration) -> Option<(Duration, bool)> {
+    // Drawings more than two periods old: the game is paused or slow; nothing to follow.
+    if since_drawing >= period * 2 || period.is_zero() {
+        return None;
+    }
+    // Where in the period the tick falls after the drawing, as a signed error around the lag:
+    // a tick just before the next drawing is a little early, not nearly a period late.
+    let phase = Duration::from_nanos((since_drawing.as_nanos() % period.as_nanos()) as u64);
+    let (error, late) = if phase >= DRAW_LAG {
+        let late_by = phase - DRAW_LAG;
+        if late_by > period / 2 {
+            (period - late_by, false)
+        } else {
+            (late_by, true)
+        }
+    } else {
+        (DRAW_LAG - phase, false)
+    };
+    if error < DEADBAND {
+        return None;
+    }
+    // The error is at most half a period: a step is at most an eighth.
+    Some((error / 4, late))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_follow_the_drawing_to_just_after_it() {
+        let p = Duration::from_secs(1) / 60;
+        let ms = |m: f64| Duration::from_secs_f64(m / 1000.0);
+        // On time: nothing to do.
+        assert_eq!(phase_correction(DRAW_LAG, p), None);
+        assert_eq!(phase_correction(DRAW_LAG + ms(0.3), p), None);
+        // 8 ms after the drawing: come earlier, by a quarter of the 6 ms error.
+        assert_eq!(phase_correction(ms(8.0), p), Some((ms(1.5), true)));
+        // Just before the next drawing (16 ms after this one): a little later, not 14 ms earlier.
+        let (by, earlier) = phase_correction(ms(16.0), p).unwrap();
+        assert!(!earlier && by < ms(1.0), "{by:?} earlier={earlier}");
+        // Too soon after the drawing starts: later.
+        assert_eq!(phase_correction(ms(0.0), p), Some((ms(0.5), false)));
+        // 10.5 ms after the drawing is nearer the next one (+2 ms at 18.67 ms): later, by a
+        // quarter of 8.17 ms.
+        let (by, earlier) = phase_correction(ms(10.5), p).unwrap();
+        assert!(
+            !earlier && by > ms(2.0) && by < ms(2.1),
+            "{by:?} earlier={earlier}"
+        );
+        // A game that drew nothing for two periods is not followed.
+        assert_eq!(phase_correction(p * 2, p), None);
+        // A 30 fps game (drawing every other tick) lines up the same way.
+        assert_eq!(phase_correction(p + ms(8.0), p), Some((ms(1.5), true)));
+    }
+
+    #[test]
+    fn a_followed_clock_converges_and_stays() {
+        // The game draws at 5.3 ms into each of its periods; the clock starts at 0.
+        let t0 = Instant::now();
+        let p = Duration::from_secs(1) / 60;
+        let draw_offset = Duration::from_micros(5300);
+        let mut clock = FrameClock::new(t0, 60);
+        let mut last_since = Duration::ZERO;
+        for n in 0..60u32 {
+            let tick = clock.next_tick(t0 + p * n);
+            // The latest drawing at or before the tick.
+            let since_start = tick.deadline - t0;
+            let k = (since_start.saturating_sub(draw_offset).as_nanos() / p.as_nanos()) as u32;
+            let drawn = t0 + draw_offset + p * k;
+            let since = tick.deadline.saturating_duration_since(drawn);
+            last_since = since;
+            if let Some((by, earlier)) = phase_correction(since, p) {
+                clock.shift(by, earlier);
+            }
+        }
+        assert!(
+            last_since >= DRAW_LAG - DEADBAND && last_since <= DRAW_LAG + DEADBAND * 2,
+            "ticks come {last_since:?} after the drawing"
+        );
+    }
 
     #[test]
     fn on_time_ticks_are_evenly_spaced() {

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use x11rb::connection::Connection;
 use x11rb::errors::{ReplyError, ReplyOrIdError};
@@ -29,6 +29,11 @@ use x11rb::protocol::xproto::{ConnectionExt as _, Window};
 /// second, whatever the game draws; shorter than the tick of the highest frame rate (240 fps).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(2);
 
+/// Notifications this close after the one before belong to the same drawing (a frame drawn in
+/// pieces, the pieces seen at most every [`MIN_INTERVAL`]); after a longer quiet, a new drawing
+/// has started.
+pub const QUIET_BEFORE_DRAWING: Duration = Duration::from_millis(4);
+
 /// A flag raised when something was drawn, taken by the frame thread. Cloned handles share it.
 #[derive(Debug, Clone)]
 pub struct ScreenChanges(Arc<Flag>);
@@ -38,6 +43,13 @@ struct Flag {
     raised: AtomicBool,
     /// Times it was raised, for tests and logs.
     marks: AtomicU64,
+    /// The clock of the two times below.
+    epoch: Instant,
+    /// When the latest drawing started (its first notification came), in ns since `epoch`,
+    /// plus one (0: none yet).
+    drawing_ns: AtomicU64,
+    /// When the latest notification came, in ns since `epoch`.
+    notified_ns: AtomicU64,
 }
 
 impl Default for ScreenChanges {
@@ -52,6 +64,9 @@ impl ScreenChanges {
         Self(Arc::new(Flag {
             raised: AtomicBool::new(true),
             marks: AtomicU64::new(0),
+            epoch: Instant::now(),
+            drawing_ns: AtomicU64::new(0),
+            notified_ns: AtomicU64::new(0),
         }))
     }
 
@@ -69,6 +84,28 @@ impl ScreenChanges {
     /// How many times the flag was raised.
     pub fn marks(&self) -> u64 {
         self.0.marks.load(Ordering::Relaxed)
+    }
+
+    /// The server said something was drawn, at `at`: the start of a new drawing when nothing
+    /// was for [`QUIET_BEFORE_DRAWING`]. Called by the one thread watching the display.
+    pub fn notified(&self, at: Instant) {
+        let f = &*self.0;
+        let ns =
+            u64::try_from(at.saturating_duration_since(f.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let before = f.notified_ns.swap(ns, Ordering::Relaxed);
+        let quiet = u64::try_from(QUIET_BEFORE_DRAWING.as_nanos()).unwrap_or(u64::MAX);
+        if f.drawing_ns.load(Ordering::Relaxed) == 0 || ns.saturating_sub(before) >= quiet {
+            f.drawing_ns.store(ns.saturating_add(1), Ordering::Release);
+        }
+    }
+
+    /// When the latest drawing started, if any was seen.
+    pub fn drawing_started(&self) -> Option<Instant> {
+        let f = &*self.0;
+        match f.drawing_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(f.epoch + Duration::from_nanos(ns - 1)),
+        }
     }
 }
 
@@ -118,6 +155,7 @@ impl DamageTracker {
         if notify.damage != self.damage {
             return Ok(());
         }
+        self.changes.notified(Instant::now());
         conn.damage_subtract(self.damage, x11rb::NONE, x11rb::NONE)?;
         // A round trip: the server has emptied the region, so whatever it draws from now on
         // notifies again, and all it drew before is in its framebuffer.
@@ -131,6 +169,23 @@ impl DamageTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drawing_starts_after_a_quiet_and_its_pieces_do_not_restart_it() {
+        let changes = ScreenChanges::new();
+        assert_eq!(changes.drawing_started(), None);
+        let t0 = Instant::now() + Duration::from_millis(1);
+        let ms = Duration::from_millis;
+        changes.notified(t0);
+        assert_eq!(changes.drawing_started(), Some(t0));
+        // Pieces of the same frame, 2 ms apart: still the drawing that started at t0.
+        changes.notified(t0 + ms(2));
+        changes.notified(t0 + ms(4));
+        assert_eq!(changes.drawing_started(), Some(t0));
+        // The next frame, after a quiet.
+        changes.notified(t0 + ms(16));
+        assert_eq!(changes.drawing_started(), Some(t0 + ms(16)));
+    }
 
     #[test]
     fn the_flag_starts_raised_and_is_taken_once() {

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::capture::{CaptureError, FrameSource};
-use crate::clock::FrameClock;
+use crate::clock::{FrameClock, phase_correction};
 use crate::convert::{self, ConvertError, I420Frame};
 use crate::damage::ScreenChanges;
 use crate::encode::{EncodeError, EncoderSettings, InputKind, Picture, VideoEncoder};
@@ -344,6 +344,9 @@ pub struct PipelineConfig {
     pub pin_core: Option<usize>,
     /// Make frames even when nobody watches (benchmarks); otherwise idle pods cost nothing.
     pub always_encode: bool,
+    /// Move the ticks to just after the game draws (where the display's drawing is tracked),
+    /// rather than keep the phase the clock started with.
+    pub follow_drawing: bool,
 }
 
 /// The running frame thread.
@@ -419,12 +422,29 @@ fn frame_loop(
 ) -> Result<(), PipelineError> {
     let mut clock = FrameClock::new(Instant::now(), config.fps);
     let stats = stage.stats.clone();
+    // A game draws on a clock of its own: with a tick at a fixed phase, each of its frames
+    // would wait anywhere from nothing to a whole period for the tick (the same wait every
+    // frame, set by when the two clocks happened to start), and a drawing that straddles the
+    // tick is captured half done. So the ticks follow the drawing: each moves a quarter of the
+    // way towards `DRAW_LAG` after the latest drawing started.
+    let drawing = config
+        .follow_drawing
+        .then(|| stage.changes.clone())
+        .flatten();
     while !stop.load(Ordering::Acquire) {
         let tick = clock.next_tick(Instant::now());
         bump(&stats.frames_dropped_late, tick.missed);
         let now = Instant::now();
         if tick.deadline > now {
             std::thread::sleep(tick.deadline - now);
+        }
+        if let Some(since) = drawing
+            .as_ref()
+            .and_then(ScreenChanges::drawing_started)
+            .and_then(|started| tick.deadline.checked_duration_since(started))
+            && let Some((by, earlier)) = phase_correction(since, clock.period())
+        {
+            clock.shift(by, earlier);
         }
         if !config.always_encode && !stage.has_readers() {
             continue;

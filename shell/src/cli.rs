@@ -98,6 +98,14 @@ pub struct StreamArgs {
     /// silent 10 ms frames have followed the last sound; the player plays silence meanwhile.
     #[arg(long)]
     pub every_frame: bool,
+    /// Tick on the frame thread's own clock, at the phase it started with, rather than just
+    /// after the game draws.
+    ///
+    /// By default (where the X server reports drawing, DAMAGE) the ticks move to 2 ms after
+    /// each of the game's frames starts being drawn, so a frame waits about that long for its
+    /// capture, not up to a whole period, and is not captured half drawn.
+    #[arg(long)]
+    pub free_clock: bool,
     /// Pin the frame thread to this CPU core; the player threads go on others.
     ///
     /// By default: where the process's CPU affinity is narrower than the machine (cores of its

@@ -213,6 +213,7 @@ impl Session {
                 fps: args.fps,
                 pin_core: cores.frame,
                 always_encode: false,
+                follow_drawing: !args.free_clock,
             },
         )
         .context("cannot start the frame thread")?;

@@ -12,7 +12,7 @@ use playpod::display::DisplayWatch;
 use playpod_hotpath::capture::{CaptureError, FrameSource, FramebufferFile};
 use playpod_hotpath::convert::BgrxFrame;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder};
-use playpod_hotpath::pipeline::{FrameStage, Unchanged, unix_micros};
+use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig, Unchanged, unix_micros};
 use playpod_hotpath::ring::ReadOutcome;
 use playpod_tests::{Served, Xvfb, ffmpeg_decode, start_game};
 use tokio_tungstenite::tungstenite::Message;
@@ -245,6 +245,124 @@ fn a_game_drawing_in_many_pieces_cannot_keep_the_watch_busy() {
     assert!(
         marks <= 520,
         "the watch thread handled {marks} notifications in 1 s (bound: 500)"
+    );
+}
+
+/// From each captured frame back to the start of the latest drawing before it (ms), for a game
+/// that fills the screen 60 times a second, starting `phase` after the frame thread's clock.
+fn capture_lags(xvfb: &Xvfb, follow_drawing: bool, phase: Duration) -> Vec<f64> {
+    let watch = DisplayWatch::start(&xvfb.name(), true).expect("watch the display");
+    let changes = watch.screen_changes().expect("Xvfb has DAMAGE");
+    let settings = EncoderSettings {
+        width: W,
+        height: H,
+        fps: 60,
+        bitrate_bps: 500_000,
+    };
+    let source = FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap();
+    let (stage, ring, _stats) = FrameStage::with_ring(
+        Box::new(source),
+        Box::new(Openh264Encoder::new(settings).unwrap()),
+        settings,
+    );
+    let stage = stage
+        .skip_unchanged(Unchanged::for_fps(60))
+        .with_screen_changes(changes);
+    let mut reader = ring.subscribe().unwrap();
+    let pipeline = Pipeline::spawn(
+        stage,
+        PipelineConfig {
+            fps: 60,
+            pin_core: None,
+            always_encode: true,
+            follow_drawing,
+        },
+    )
+    .expect("the frame thread");
+    let started = Instant::now();
+
+    // The game: a new colour every 1/60 s on a clock of its own, `phase` after the pipeline's.
+    let draws = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let drawer = {
+        let (display, draws) = (xvfb.name(), draws.clone());
+        std::thread::spawn(move || {
+            let (conn, screen) = x11rb::connect(Some(&display)).expect("connect");
+            let root = conn.setup().roots[screen].root;
+            let gc = conn.generate_id().unwrap();
+            conn.create_gc(gc, root, &CreateGCAux::new()).unwrap();
+            let period = Duration::from_secs(1) / 60;
+            for k in 0..150u32 {
+                let due = started + phase + period * k;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                draws.lock().unwrap().push(unix_micros());
+                conn.change_gc(gc, &ChangeGCAux::new().foreground(colour(k)))
+                    .unwrap();
+                let all = Rectangle {
+                    x: 0,
+                    y: 0,
+                    width: W as u16,
+                    height: H as u16,
+                };
+                conn.poly_fill_rectangle(root, gc, &[all]).unwrap();
+                conn.flush().unwrap();
+            }
+        })
+    };
+    let mut captures = Vec::new();
+    let mut buf = Vec::new();
+    while !drawer.is_finished() {
+        if let ReadOutcome::Frame(meta) = reader.read_blocking(&mut buf, Duration::from_millis(50))
+        {
+            captures.push(meta.capture_us);
+        }
+    }
+    drawer.join().unwrap();
+    pipeline.stop().expect("the frame thread ran");
+    let draws = draws.lock().unwrap();
+    // The last second: the first half second is for the clock to find the game.
+    let from = draws[draws.len() - 60];
+    captures
+        .iter()
+        .filter(|&&c| c > from)
+        .filter_map(|&c| {
+            draws
+                .iter()
+                .rev()
+                .find(|&&d| d <= c)
+                .map(|&d| (c - d) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn ticks_follow_the_game_to_just_after_it_draws() {
+    let xvfb = Xvfb::start(W, H);
+    // The game draws 7 ms after the frame thread's clock ticks: on its own clock each frame
+    // waits ~9.7 ms for its capture.
+    let phase = Duration::from_millis(7);
+    let free = capture_lags(&xvfb, false, phase);
+    let followed = capture_lags(&xvfb, true, phase);
+    let (free_median, followed_median) = (median(&free), median(&followed));
+    println!(
+        "drawing -> capture, median of the last second: free clock {free_median:.1} ms \
+         ({} frames), following the drawing {followed_median:.1} ms ({} frames)",
+        free.len(),
+        followed.len()
+    );
+    assert!(followed.len() >= 50 && free.len() >= 50, "frames were lost");
+    assert!(
+        followed_median < 4.0,
+        "the ticks do not follow the drawing: {followed_median:.1} ms after it"
+    );
+    assert!(
+        followed_median + 3.0 < free_median,
+        "following the drawing gained nothing: {followed_median:.1} vs {free_median:.1} ms"
     );
 }
 

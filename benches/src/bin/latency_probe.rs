@@ -65,6 +65,7 @@ fn main() {
             fps: 60,
             pin_core: (cores > 1).then_some(cores - 1),
             always_encode: true,
+            follow_drawing: false,
         },
     )
     .unwrap();
