@@ -47,6 +47,22 @@ RETRO = {
     "gpu": True,
 }
 
+# Nodes set aside for games: session pods select them, tolerate their taint and have a node
+# affinity to them. The toleration is listed twice: each must reach the Pod once.
+GAME_NODE_SELECTOR = {"example.com/pool": "games"}
+GAME_NODE_TOLERATION = {"key": "example.com/pool", "operator": "Equal", "value": "games", "effect": "NoSchedule"}
+GPU_TOLERATION = {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+GAME_NODE_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "example.com/pool", "operator": "In", "values": ["games"]}]}]}}}
+GAME_NODES = {"nodeSelector": GAME_NODE_SELECTOR, "tolerations": [GAME_NODE_TOLERATION, GAME_NODE_TOLERATION],
+              "affinity": GAME_NODE_AFFINITY}
+# Backends allowed to call the control plane's API (networkPolicy.apiClients).
+API_CLIENTS = [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shop-backend"}}},
+    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "lobby"}}},
+]
+
 # (chart, scenario, release name, values, run checkov on it)
 SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
     ("playpod", "default", "playpod", {}, True),
@@ -64,12 +80,13 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
                           "labelValue": "games", "folder": "Games"},
             "gpuTimeSlicing": {"enabled": True, "namespace": "nvidia-device-plugin", "replicas": 8},
             "nodeSelector": {"kubernetes.io/os": "linux"},
+            "networkPolicy": {"apiClients": API_CLIENTS},
             "sessions": {
                 "publicUrl": "https://play.example.com",
                 "ingress": {"tlsSecretName": "play-tls"},
                 "streamer": {"gpu": True, "extraArgs": ["--encoder", "nvenc", "--bitrate-kbps", "3000"]},
                 "imagePullSecrets": ["registry"],
-                "nodeSelector": {"kubernetes.io/os": "linux"},
+                **GAME_NODES,
                 "priorityClassName": "games",
                 "maxSessions": 50,
             },
@@ -90,7 +107,14 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
         "existing-secret-no-networkpolicy",
         "playpod",
         {"apiToken": {"existingSecret": "my-api-token"}, "networkPolicy": {"enabled": False},
-         "dashboard": {"enabled": True}},
+         "dashboard": {"enabled": True},
+         # Session URLs from publicUrl alone; sessions without a GPU on the game nodes; quantities
+         # as plain numbers and with an exponent.
+         "sessions": {"publicUrl": "https://play.example.com", "ingress": {"host": ""},
+                      "tolerations": [GAME_NODE_TOLERATION]},
+         "games": [{"name": "pong", "image": "ghcr.io/playpod/game-base:0.1.0", "args": ["pong"],
+                    "resources": {"requests": {"cpu": 0.5, "memory": "256Mi"},
+                                  "limits": {"cpu": 1, "memory": "1e9"}}}]},
         # Without NetworkPolicies checkov rightly flags the pods (CKV2_K8S_6): not a shipped default.
         False,
     ),
@@ -106,7 +130,7 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "streamer": {"digest": "sha256:" + "ef" * 32, "gpu": True, "extraArgs": ["--encoder", "nvenc"]},
             "ingress": {"host": "play.example.com", "tlsSecretName": "play-tls"},
             "imagePullSecrets": ["registry"],
-            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            **GAME_NODES,
             "priorityClassName": "games",
         },
         True,
@@ -123,8 +147,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
     ),
 ]
 
-# Renders that must fail, and a piece of the message that says why.
-MUST_FAIL: list[tuple[str, dict[str, Any], str]] = [
+# Renders that must fail, and the pieces of the message that say why.
+MUST_FAIL: list[tuple[str, dict[str, Any], str | list[str]]] = [
     ("playpod-session", {}, "randomPath is required"),
     ("playpod-session", {"randomPath": "short"}, "randomPath"),
     ("playpod-session", {"randomPath": "has/a/slash/in/it/0123"}, "randomPath"),
@@ -138,6 +162,37 @@ MUST_FAIL: list[tuple[str, dict[str, Any], str]] = [
     ("playpod", {"dashboard": {"typo": 1}}, "typo"),
     ("playpod", {"dashboard": {"enabled": True, "label": "not a label!"}}, "label"),
     ("playpod", {"dashboard": {"enabled": True, "namespace": "Not_A_Namespace"}}, "namespace"),
+    # Kubernetes quantities, checked at install rather than on every POST /api/sessions.
+    ("playpod", {"resources": {"limits": {"cpu": "-1"}}}, "/resources/limits/cpu"),
+    ("playpod", {"sessions": {"streamer": {"resources": {"requests": {"memory": "lots"}}}}},
+     "/sessions/streamer/resources/requests/memory"),
+    ("playpod", {"games": [{"name": "pong", "image": "x", "resources": {"limits": {"cpu": -1}}}]},
+     "/games/0/resources/limits/cpu"),
+    ("playpod", {"games": [{"name": "pong", "image": "x", "resources": {"requests": {"memory": "1 Gi"}}}]},
+     "/games/0/resources/requests/memory"),
+    ("playpod", {"sessions": {"framebufferSizeLimit": "16MB"}}, "framebufferSizeLimit"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN, "streamer": {"resources": {"limits": {"cpu": "two"}}}},
+     "/streamer/resources/limits/cpu"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN,
+                         "games": {"pong": {"image": "x", "resources": {"requests": {"memory": "-256Mi"}}}}},
+     "/games/pong/resources/requests/memory"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN, "defaultGameResources": {"limits": {"cpu": "1.5 cores"}}},
+     "/defaultGameResources/limits/cpu"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN, "tmpSizeLimit": "lots"}, "tmpSizeLimit"),
+    # No base for session URLs: the control plane would refuse to start (config.rs base_url).
+    ("playpod", {"sessions": {"publicUrl": "", "ingress": {"host": ""}}},
+     ["/sessions/publicUrl", "/sessions/ingress/host"]),
+    ("playpod", {"sessions": {"ingress": {"host": " "}}}, ["/sessions/publicUrl", "/sessions/ingress/host"]),
+    # Session scheduling, as the control plane parses it (k8s-openapi types).
+    ("playpod", {"sessions": {"tolerations": [{"key": "x", "operator": "Sometimes"}]}}, "operator"),
+    ("playpod", {"sessions": {"tolerations": [{"key": "x", "tolerationSeconds": "soon"}]}}, "tolerationSeconds"),
+    ("playpod", {"sessions": {"affinity": {"nodeAfinity": {}}}}, "nodeAfinity"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN, "tolerations": {"key": "x"}}, "tolerations"),
+    ("playpod-session", {"randomPath": DUMP_TOKEN, "affinity": []}, "affinity"),
+    # API clients are NetworkPolicy peers: a selector of namespaces and/or pods.
+    ("playpod", {"networkPolicy": {"apiClients": [{}]}}, "/networkPolicy/apiClients/0"),
+    ("playpod", {"networkPolicy": {"apiClients": [{"podSelector": {"matchLabel": {"app": "x"}}}]}}, "matchLabel"),
+    ("playpod", {"networkPolicy": {"apiClients": {"podSelector": {}}}}, "apiClients"),
 ]
 
 # How each playpod scenario's dashboard ConfigMap must look: None (not rendered), or
@@ -208,12 +263,13 @@ def lint(report: Report, root: pathlib.Path) -> None:
 
 
 def must_fail(report: Report, root: pathlib.Path) -> None:
-    for chart, values, needle in MUST_FAIL:
+    for chart, values, needles in MUST_FAIL:
         what = f"render {chart} with {json.dumps(values)} is refused"
         try:
             helm.Chart.load(root / "charts" / chart).render(values, name="x", namespace=NAMESPACE)
         except helm.HelmError as e:
-            report.check(needle in str(e), what, f"the message lacks {needle!r}: {e}")
+            missing = [n for n in ([needles] if isinstance(needles, str) else needles) if n not in str(e)]
+            report.check(not missing, what, f"the message lacks {missing!r}: {e}")
             continue
         report.fail(what, "it rendered")
 
@@ -552,6 +608,62 @@ def labels_are_strings(report: Report, where: str, docs: list[dict[str, Any]]) -
     report.check(not bad, f"{where}: every label value is a string", "; ".join(bad))
 
 
+def session_scheduling(report: Report, where: str, docs: list[dict[str, Any]], node_selector: dict[str, str] | None,
+                       tolerations: list[dict[str, Any]] | None, affinity: dict[str, Any] | None) -> None:
+    """Every session Pod carries the configured node selector, tolerations (each once, the GPU
+    nodes' one after the configured ones where the session has a GPU) and affinity."""
+    pods = [d for d in docs if d["kind"] == "Pod"]
+    if not pods:
+        report.fail(f"{where}: session scheduling", "no session Pod")
+    for pod in pods:
+        spec = pod["spec"]
+        got = (spec.get("nodeSelector"), spec.get("tolerations"), spec.get("affinity"))
+        report.check(got == (node_selector, tolerations, affinity),
+                     f"{where}: Pod/{pod['metadata']['name']} has the configured nodeSelector, "
+                     f"{len(tolerations or [])} toleration(s) and {'an' if affinity else 'no'} affinity",
+                     diff({"nodeSelector": node_selector, "tolerations": tolerations, "affinity": affinity},
+                          dict(zip(("nodeSelector", "tolerations", "affinity"), got))))
+
+
+def api_clients(report: Report, scenario: str, docs: list[dict[str, Any]], name: str,
+                extra: list[dict[str, Any]]) -> None:
+    """The control plane's NetworkPolicy admits to the API port the ingress controller's and the
+    monitoring namespaces, and exactly the peers of networkPolicy.apiClients."""
+    what = f"playpod [{scenario}]: the API's NetworkPolicy admits {2 + len(extra)} peers"
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name]
+    if len(policies) != 1:
+        report.fail(what, f"found {len(policies)} control-plane NetworkPolicies")
+        return
+    rules = policies[0]["spec"].get("ingress") or []
+    peers = rules[0].get("from") if len(rules) == 1 else None
+    expected = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        *extra,
+    ]
+    report.check(peers == expected and rules[0].get("ports") == [{"port": 8090, "protocol": "TCP"}], what,
+                 diff(expected, rules))
+
+
+def notes(root: pathlib.Path, chart: str, release: str, values: dict[str, Any]) -> str:
+    manifests = helm.Chart.load(root / "charts" / chart).render(values, name=release, namespace=NAMESPACE,
+                                                                 is_install=True)
+    return next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
+
+
+def notes_name_api_clients(report: Report, root: pathlib.Path) -> None:
+    """The install notes say who reaches the API in the cluster, and how to let a backend in."""
+    for values, needle in [
+        ({}, "list the backends that call it (their namespaces or pods) in networkPolicy.apiClients"),
+        ({"networkPolicy": {"apiClients": API_CLIENTS}}, "and the 2 peer(s) of networkPolicy.apiClients"),
+    ]:
+        text = notes(root, "playpod", "playpod", copy.deepcopy(values))
+        report.check(needle in text and "http://playpod.playpod.svc:8090/api/sessions" in text,
+                     f"playpod NOTES.txt with {json.dumps(values)}: the in-cluster API address and {needle!r}", text)
+    text = notes(root, "playpod", "playpod", {"networkPolicy": {"enabled": False}})
+    report.check("NetworkPolicy" not in text, "playpod NOTES.txt without NetworkPolicies names none", text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=pathlib.Path, required=True)
@@ -601,6 +713,24 @@ def main() -> int:
         report.check(bool(numeric) and all(d["metadata"]["labels"].get("playpod.io/game") == "2048" for d in numeric),
                      "playpod-session [numeric-game-name]: labelled playpod.io/game=\"2048\" (a string)",
                      json.dumps([d["metadata"].get("labels") for d in numeric]))
+
+        # Where session pods run: the same in both charts, on the game nodes where configured.
+        for where, docs, tolerations, selector, affinity in [
+            ("playpod-session [default]", rendered.get(("playpod-session", "default")), None, None, None),
+            ("control-plane sessions [default]", dumps.get("default"), None, None, None),
+            ("playpod-session [full]", rendered.get(("playpod-session", "full")),
+             [GAME_NODE_TOLERATION, GPU_TOLERATION], GAME_NODE_SELECTOR, GAME_NODE_AFFINITY),
+            ("control-plane sessions [full]", dumps.get("full"),
+             [GAME_NODE_TOLERATION, GPU_TOLERATION], GAME_NODE_SELECTOR, GAME_NODE_AFFINITY),
+            ("control-plane sessions [existing-secret-no-networkpolicy]",
+             dumps.get("existing-secret-no-networkpolicy"), [GAME_NODE_TOLERATION], None, None),
+        ]:
+            session_scheduling(report, where, docs or [], selector, tolerations, affinity)
+        if ("playpod", "default") in rendered:
+            api_clients(report, "default", rendered[("playpod", "default")], "playpod", [])
+        if ("playpod", "full") in rendered:
+            api_clients(report, "full", rendered[("playpod", "full")], "games-playpod", API_CLIENTS)
+        notes_name_api_clients(report, root)
 
         if ("playpod-session", "default") in rendered and dumps.get("default"):
             same_session_objects(report, rendered[("playpod-session", "default")], dumps["default"])

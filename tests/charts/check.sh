@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Validates both Helm charts and the objects `playpod control` applies, with real engines:
 #   - the Helm v4 engine (PyPI helm-python-sdk): `lint` (strict) and `render` of several value sets,
-#     plus renders that must fail (missing randomPath, bad token, unknown game, unknown values);
+#     plus renders that must fail (missing randomPath, bad token, unknown game, unknown values,
+#     malformed resource quantities, no base for session URLs, malformed tolerations, affinity or
+#     API clients);
+#   - where session pods run (nodeSelector, tolerations merged with the GPU one, affinity), the same
+#     from both charts; the API's NetworkPolicy peers (networkPolicy.apiClients) and install notes;
 #   - the session objects the control plane builds, dumped by
 #     `playpod control --dump-session-manifests` from each rendered ConfigMap's catalog and config;
 #   - kubernetes-validate: every object, strictly, against Kubernetes 1.33 (the oldest the charts and

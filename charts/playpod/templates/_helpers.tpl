@@ -38,7 +38,9 @@ app.kubernetes.io/component: game-session
 {{- .Values.apiToken.existingSecret | default (printf "%s-api" (include "playpod.fullname" .)) -}}
 {{- end -}}
 
-{{/* The API token: the value given, else the one already in the cluster, else a new one. */}}
+{{/* The API token: the value given, else the one already in the cluster, else a new one. `lookup`
+finds nothing under `helm template` (Argo CD, Flux): such renders must set apiToken.value or
+apiToken.existingSecret, or each makes a new token (see values.yaml). */}}
 {{- define "playpod.apiToken" -}}
 {{- if .Values.apiToken.value -}}
 {{- .Values.apiToken.value -}}

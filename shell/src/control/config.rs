@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,13 @@ pub struct SessionConfig {
     pub image_pull_secrets: Vec<String>,
     /// Node selector of session pods.
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of session pods, e.g. of the taint of nodes set aside for games. Sessions with
+    /// a GPU (the game's `gpu` or `streamer.gpu`) also tolerate the GPU nodes'
+    /// `nvidia.com/gpu:NoSchedule` taint, once.
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of session pods (node affinity to a game node pool, anti-affinity between
+    /// sessions, ...); `{}` counts as none.
+    pub affinity: Option<Affinity>,
     /// Priority class of session pods.
     pub priority_class_name: Option<String>,
 }
@@ -181,6 +188,8 @@ impl Default for SessionConfig {
             run_as_user: 10001,
             image_pull_secrets: Vec::new(),
             node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
             priority_class_name: None,
         }
     }
@@ -377,6 +386,43 @@ mod tests {
     }
 
     #[test]
+    fn scheduling_of_session_pods_is_read() {
+        // As the chart renders it: `sessions.tolerations` and `sessions.affinity`.
+        let config = SessionConfig::from_json(
+            r#"{"nodeSelector":{"example.com/pool":"games"},
+                "tolerations":[{"key":"example.com/pool","operator":"Equal","value":"games",
+                                "effect":"NoSchedule"},
+                               {"key":"example.com/drain","operator":"Exists",
+                                "effect":"NoExecute","tolerationSeconds":30}],
+                "affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms":[{"matchExpressions":
+                        [{"key":"example.com/pool","operator":"In","values":["games"]}]}]}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.node_selector["example.com/pool"], "games");
+        assert_eq!(config.tolerations.len(), 2);
+        assert_eq!(config.tolerations[0].value.as_deref(), Some("games"));
+        assert_eq!(config.tolerations[1].toleration_seconds, Some(30));
+        let terms = &config
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1);
+        // The chart's defaults: none of either.
+        let config = SessionConfig::from_json(r#"{"tolerations":[],"affinity":{}}"#).unwrap();
+        assert!(config.tolerations.is_empty());
+        assert_eq!(config.affinity, Some(Affinity::default()));
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(SessionConfig::from_json(&json).unwrap(), config);
+    }
+
+    #[test]
     fn bad_catalogs_are_refused() {
         for bad in [
             r#"{"games":[]}"#,
@@ -404,6 +450,9 @@ mod tests {
             r#"{"streamer":{"gpu":"yes"}}"#,
             r#"{"unknown":true}"#,
             r#"{"imagePullPolicy":"Sometimes"}"#,
+            r#"{"tolerations":{"key":"example.com/pool"}}"#,
+            r#"{"tolerations":[{"key":"example.com/pool","tolerationSeconds":"soon"}]}"#,
+            r#"{"affinity":[]}"#,
         ] {
             assert!(SessionConfig::from_json(bad).is_err(), "{bad} accepted");
         }

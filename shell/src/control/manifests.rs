@@ -7,7 +7,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
     LocalObjectReference, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
     SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
     VolumeMount,
@@ -256,6 +256,33 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The toleration of the GPU nodes' taint (the NVIDIA GPU operator's `nvidia.com/gpu:NoSchedule`).
+fn gpu_toleration() -> Toleration {
+    Toleration {
+        key: Some(GPU_RESOURCE.to_owned()),
+        operator: Some("Exists".to_owned()),
+        effect: Some("NoSchedule".to_owned()),
+        ..Toleration::default()
+    }
+}
+
+/// The configured tolerations, then the GPU nodes' one if the session has a GPU, each once; none
+/// at all when that leaves an empty list.
+fn tolerations(config: &SessionConfig, gpu: bool) -> Option<Vec<Toleration>> {
+    let mut all: Vec<Toleration> = Vec::new();
+    for toleration in config
+        .tolerations
+        .iter()
+        .cloned()
+        .chain(gpu.then(gpu_toleration))
+    {
+        if !all.contains(&toleration) {
+            all.push(toleration);
+        }
+    }
+    (!all.is_empty()).then_some(all)
+}
+
 /// The session's Pod.
 pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &str) -> Pod {
     let uid = config.run_as_user;
@@ -374,14 +401,11 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
             }),
             node_selector: (!config.node_selector.is_empty()).then(|| config.node_selector.clone()),
             priority_class_name: non_empty(&config.priority_class_name).map(str::to_owned),
-            tolerations: (game.gpu || config.streamer.gpu).then(|| {
-                vec![Toleration {
-                    key: Some(GPU_RESOURCE.to_owned()),
-                    operator: Some("Exists".to_owned()),
-                    effect: Some("NoSchedule".to_owned()),
-                    ..Toleration::default()
-                }]
-            }),
+            tolerations: tolerations(config, game.gpu || config.streamer.gpu),
+            affinity: config
+                .affinity
+                .clone()
+                .filter(|affinity| *affinity != Affinity::default()),
             volumes: Some(vec![
                 memory_volume("framebuffer", &config.framebuffer_size_limit),
                 memory_volume("x11", "1Mi"),
@@ -695,6 +719,80 @@ pub(super) mod tests {
                 .get("nvidia.com/gpu")
                 .is_none()
         );
+    }
+
+    /// Session config placing pods on tainted game nodes: `nodeSelector`, a toleration of the
+    /// nodes' taint and of the GPU nodes' one, and a node affinity.
+    fn game_nodes_config() -> SessionConfig {
+        SessionConfig::from_json(
+            r#"{"nodeSelector":{"example.com/pool":"games"},
+                "tolerations":[{"key":"example.com/pool","operator":"Equal","value":"games",
+                                "effect":"NoSchedule"},
+                               {"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"},
+                               {"key":"example.com/pool","operator":"Equal","value":"games",
+                                "effect":"NoSchedule"}],
+                "affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms":[{"matchExpressions":
+                        [{"key":"example.com/pool","operator":"In","values":["games"]}]}]}}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sessions_go_to_the_configured_nodes() {
+        let config = game_nodes_config();
+        let pool = serde_json::json!({
+            "key": "example.com/pool", "operator": "Equal", "value": "games", "effect": "NoSchedule"
+        });
+        let gpu = serde_json::json!({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"});
+        let mut game = Catalog::default().games.remove(0);
+        for (game_gpu, streamer_gpu) in [(false, false), (true, false), (false, true), (true, true)]
+        {
+            game.gpu = game_gpu;
+            let mut config = config.clone();
+            config.streamer.gpu = streamer_gpu;
+            let v = serde_json::to_value(pod(&spec(), &game, &config, "games")).unwrap();
+            let spec = &v["spec"];
+            assert_eq!(spec["nodeSelector"]["example.com/pool"], "games");
+            assert_eq!(
+                spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+                "games"
+            );
+            // Each toleration once, in the configured order: the configured GPU one counts for
+            // the one a GPU session needs.
+            assert_eq!(
+                spec["tolerations"],
+                serde_json::json!([pool, gpu]),
+                "gpu {game_gpu}/{streamer_gpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_gpu_toleration_follows_the_configured_ones() {
+        // The game nodes' toleration alone.
+        let mut config = SessionConfig {
+            tolerations: game_nodes_config().tolerations.split_off(2),
+            ..SessionConfig::default()
+        };
+        let mut game = Catalog::default().games.remove(0);
+        let v = serde_json::to_value(pod(&spec(), &game, &config, "games")).unwrap();
+        assert_eq!(v["spec"]["tolerations"].as_array().unwrap().len(), 1);
+        assert_eq!(v["spec"]["tolerations"][0]["key"], "example.com/pool");
+        game.gpu = true;
+        let v = serde_json::to_value(pod(&spec(), &game, &config, "games")).unwrap();
+        let keys: Vec<_> = v["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["example.com/pool", "nvidia.com/gpu"]);
+        // An empty affinity (the chart's `{}`) is none.
+        config.affinity = Some(Affinity::default());
+        let v = serde_json::to_value(pod(&spec(), &game, &config, "games")).unwrap();
+        assert!(v["spec"].get("affinity").is_none(), "{}", v["spec"]);
     }
 
     #[test]
