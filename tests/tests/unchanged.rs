@@ -51,6 +51,19 @@ fn colour(k: u32) -> u32 {
     ((k * 53 + 40) % 256) << 16 | ((k * 97 + 20) % 256) << 8 | ((k * 29 + 60) % 256)
 }
 
+/// Fills the whole screen with `rgb` (the request is sent, not waited for).
+fn fill_screen(conn: &impl x11rb::connection::Connection, root: u32, gc: u32, rgb: u32) {
+    conn.change_gc(gc, &ChangeGCAux::new().foreground(rgb))
+        .unwrap();
+    let all = Rectangle {
+        x: 0,
+        y: 0,
+        width: W as u16,
+        height: H as u16,
+    };
+    conn.poly_fill_rectangle(root, gc, &[all]).unwrap();
+}
+
 #[test]
 fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
     const ROUNDS: u32 = 40;
@@ -108,15 +121,7 @@ fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
                 seed ^= seed >> 17;
                 seed ^= seed << 5;
                 std::thread::sleep(Duration::from_micros(u64::from(seed % 8000)));
-                conn.change_gc(gc, &ChangeGCAux::new().foreground(colour(k)))
-                    .unwrap();
-                let all = Rectangle {
-                    x: 0,
-                    y: 0,
-                    width: W as u16,
-                    height: H as u16,
-                };
-                conn.poly_fill_rectangle(root, gc, &[all]).unwrap();
+                fill_screen(&conn, root, gc, colour(k));
                 conn.get_input_focus().unwrap().reply().unwrap();
                 drawn.store(k, Ordering::Release);
                 if next_rx.recv().is_err() {
@@ -295,15 +300,7 @@ fn capture_lags(xvfb: &Xvfb, follow_drawing: bool, phase: Duration) -> Vec<f64> 
                 let due = started + phase + period * k;
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 draws.lock().unwrap().push(unix_micros());
-                conn.change_gc(gc, &ChangeGCAux::new().foreground(colour(k)))
-                    .unwrap();
-                let all = Rectangle {
-                    x: 0,
-                    y: 0,
-                    width: W as u16,
-                    height: H as u16,
-                };
-                conn.poly_fill_rectangle(root, gc, &[all]).unwrap();
+                fill_screen(&conn, root, gc, colour(k));
                 conn.flush().unwrap();
             }
         })
