@@ -70,17 +70,8 @@ fn nvenc_path(choice: &GpuChoice, settings: EncoderSettings) -> anyhow::Result<V
 /// where there is no NVENC. Each is met again later, where it is used; this says it first.
 pub fn preflight(args: &StreamArgs) -> anyhow::Result<()> {
     args.check().map_err(anyhow::Error::msg)?;
-    let ip = args.listen.ip();
-    for (player, port) in [(1, args.input.input_port_1), (2, args.input.input_port_2)] {
-        if let Some(port) = port {
-            let addr = std::net::SocketAddr::new(ip, port);
-            std::net::TcpListener::bind(addr).with_context(|| {
-                format!(
-                    "cannot listen for player {player}'s input on {addr} (--input-port-{player})"
-                )
-            })?;
-        }
-    }
+    // Bound and let go: the player threads bind them again when they start.
+    drop(args.input.bind_ports(args.listen.ip())?);
     if args.encoder == EncoderChoice::Nvenc {
         let found = GpuChoice::detect();
         if found.nvenc.is_none() {

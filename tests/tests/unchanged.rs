@@ -51,6 +51,27 @@ fn colour(k: u32) -> u32 {
     ((k * 53 + 40) % 256) << 16 | ((k * 97 + 20) % 256) << 8 | ((k * 29 + 60) % 256)
 }
 
+/// A frame stage over `source`, W x H at 60 fps and 500 kbit/s, with its ring and statistics.
+fn stage_over(
+    source: Box<dyn FrameSource>,
+) -> (
+    FrameStage,
+    playpod_hotpath::ring::Ring,
+    Arc<playpod_hotpath::stats::PipelineStats>,
+) {
+    let settings = EncoderSettings {
+        width: W,
+        height: H,
+        fps: 60,
+        bitrate_bps: 500_000,
+    };
+    FrameStage::with_ring(
+        source,
+        Box::new(Openh264Encoder::new(settings).unwrap()),
+        settings,
+    )
+}
+
 /// Fills the whole screen with `rgb` (the request is sent, not waited for).
 fn fill_screen(conn: &impl x11rb::connection::Connection, root: u32, gc: u32, rgb: u32) {
     conn.change_gc(gc, &ChangeGCAux::new().foreground(rgb))
@@ -72,12 +93,6 @@ fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
     let watch = DisplayWatch::start(&xvfb.name(), true).expect("watch the display");
     let changes = watch.screen_changes().expect("Xvfb has DAMAGE");
 
-    let settings = EncoderSettings {
-        width: W,
-        height: H,
-        fps: 60,
-        bitrate_bps: 500_000,
-    };
     let last_read = Arc::new(AtomicU32::new(u32::MAX));
     let reads = Arc::new(AtomicU64::new(0));
     let source = Watched {
@@ -85,11 +100,7 @@ fn every_drawing_reaches_the_stream_and_idle_ticks_read_nothing() {
         last_read: last_read.clone(),
         reads: reads.clone(),
     };
-    let (stage, ring, stats) = FrameStage::with_ring(
-        Box::new(source),
-        Box::new(Openh264Encoder::new(settings).unwrap()),
-        settings,
-    );
+    let (stage, ring, stats) = stage_over(Box::new(source));
     // No refresh frames: every frame after the settling ones must come from damage.
     let mut stage = stage
         .skip_unchanged(Unchanged {
@@ -258,18 +269,8 @@ fn a_game_drawing_in_many_pieces_cannot_keep_the_watch_busy() {
 fn capture_lags(xvfb: &Xvfb, follow_drawing: bool, phase: Duration) -> Vec<f64> {
     let watch = DisplayWatch::start(&xvfb.name(), true).expect("watch the display");
     let changes = watch.screen_changes().expect("Xvfb has DAMAGE");
-    let settings = EncoderSettings {
-        width: W,
-        height: H,
-        fps: 60,
-        bitrate_bps: 500_000,
-    };
     let source = FramebufferFile::open(&xvfb.framebuffer(), W, H).unwrap();
-    let (stage, ring, _stats) = FrameStage::with_ring(
-        Box::new(source),
-        Box::new(Openh264Encoder::new(settings).unwrap()),
-        settings,
-    );
+    let (stage, ring, _stats) = stage_over(Box::new(source));
     let stage = stage
         .skip_unchanged(Unchanged::for_fps(60))
         .with_screen_changes(changes);

@@ -93,6 +93,21 @@ fn parse_keymap_2(spec: &str) -> Result<Keymap, String> {
 }
 
 impl InputArgs {
+    /// Binds the players' own input ports (`--input-port-N`) on `ip`, as (player, listener).
+    pub fn bind_ports(&self, ip: IpAddr) -> anyhow::Result<Vec<(u8, TcpListener)>> {
+        let mut listeners = Vec::new();
+        for (player, port) in [(1u8, self.input_port_1), (2, self.input_port_2)] {
+            if let Some(port) = port {
+                let addr = SocketAddr::new(ip, port);
+                let listener = TcpListener::bind(addr).with_context(|| {
+                    format!("cannot listen for player {player}'s input on {addr} (--input-port-{player})")
+                })?;
+                listeners.push((player, listener));
+            }
+        }
+        Ok(listeners)
+    }
+
     /// The keymap of `player` (1 or 2): the flag's, else the default.
     pub fn keymap(&self, player: u8) -> Keymap {
         let flag = if player == 2 {
@@ -200,16 +215,7 @@ impl PlayerThreads {
         health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         // Bind the ports first: a taken port fails before any thread starts.
-        let mut listeners = Vec::new();
-        for (player, port) in [(1u8, setup.args.input_port_1), (2, setup.args.input_port_2)] {
-            if let Some(port) = port {
-                let addr = SocketAddr::new(setup.listen_ip, port);
-                let listener = TcpListener::bind(addr).with_context(|| {
-                    format!("cannot listen for player {player}'s input on {addr} (--input-port-{player})")
-                })?;
-                listeners.push((player, listener));
-            }
-        }
+        let listeners = setup.args.bind_ports(setup.listen_ip)?;
         let cores = setup.cores;
         let mut running = Self {
             players: players.clone(),
