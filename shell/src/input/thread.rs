@@ -189,10 +189,7 @@ fn play(
     let mut heard = Instant::now();
     loop {
         let msg = match ws.read() {
-            Ok(msg) => {
-                heard = Instant::now();
-                msg
-            }
+            Ok(msg) => msg,
             Err(tungstenite::Error::Io(err))
                 if matches!(err.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) =>
             {
@@ -234,6 +231,7 @@ fn play(
             }
         };
         let read_at = Instant::now();
+        heard = read_at;
         let frame = match &msg {
             Message::Text(text) => Frame::Text(text.as_bytes()),
             Message::Binary(bytes) => Frame::Binary(bytes),
