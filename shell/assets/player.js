@@ -28,9 +28,10 @@
   let lastSeq = null;
   let lastMessageAt = 0;
 
+  // The status region stays in the page (empty, so invisible) for screen readers to announce
+  // what appears in it: a region added or unhidden together with its text is often not read.
   function showMessage(text) {
     messageEl.textContent = text;
-    messageEl.hidden = !text;
   }
 
   // A socket the server closes with 4004 means the game has ended: the session is over, and

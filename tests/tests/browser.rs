@@ -188,6 +188,24 @@ async fn check_player(client: &Client, served: &Served) {
     eprintln!("stats: {drawn}");
     assert!(int(&drawn, "framesDrawn") > 0, "{drawn}");
     assert_eq!(int(&drawn, "decodeErrors"), 0, "{drawn}");
+    // The status region is in the page from the start (a screen reader announces what later
+    // appears in it), empty and taking no room while the game plays.
+    let status = client
+        .execute(
+            "const m = document.querySelector('[role=status]'); \
+             return m && { id: m.id, text: m.textContent, hidden: m.hidden, \
+                           display: getComputedStyle(m).display, \
+                           width: m.offsetWidth, height: m.offsetHeight };",
+            vec![],
+        )
+        .await
+        .expect("read the status region");
+    assert_eq!(
+        status,
+        json!({ "id": "message", "text": "", "hidden": false, "display": "block",
+                "width": 0, "height": 0 }),
+        "the status region while playing"
+    );
     check_overlay(client).await;
 
     // (d) a wrong token is a 404, in the browser and on the wire, like an unknown path.
@@ -874,7 +892,7 @@ async fn read_decoder_state(client: &Client) -> Value {
     client
         .execute(
             "const m = document.getElementById('message'); \
-             return { message: m.hidden ? null : m.textContent, stats: window.playpodStats, \
+             return { message: m.textContent && m.offsetWidth > 0 ? m.textContent : null, stats: window.playpodStats, \
                       requests: window.__keyframeRequests };",
             vec![],
         )
@@ -1113,7 +1131,7 @@ const counts = () => ({ video: window.playpodStats.reconnects,
     setTimeout(() => {
       const message = document.getElementById('message');
       done({ ended: window.playpodEnded, at, after: counts(), message: message.textContent,
-             messageShown: !message.hidden, badge: document.getElementById('badge').textContent,
+             messageShown: message.offsetWidth > 0 && message.offsetHeight > 0, badge: document.getElementById('badge').textContent,
              videoConnected: window.playpodStats.connected, inputConnected: window.playpodInput.connected });
     }, 3000);
   } else if (performance.now() - t0 > 15000) {
