@@ -63,7 +63,7 @@ pub enum Command {
 /// Options shared by every command that streams a display.
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
-    /// Address to serve on.
+    /// Address to serve on. `[::]:PORT` serves IPv6 and IPv4 (IPv4 only on a host without IPv6).
     #[arg(long, default_value = "127.0.0.1:8080", env = "PLAYPOD_LISTEN")]
     pub listen: SocketAddr,
     /// Session token: the secret path segment under /play/. Default: 128 random bits.

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod display;
 pub mod game;
 pub mod input;
+pub mod listen;
 pub mod metrics;
 pub mod pod;
 pub mod server;

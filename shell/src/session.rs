@@ -274,7 +274,7 @@ impl Session {
 /// Binds the listener now (so a taken port fails at once, and port 0 works), returning it
 /// with the address it got.
 pub fn bind(listen: SocketAddr) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
-    let listener = std::net::TcpListener::bind(listen).with_context(|| {
+    let listener = crate::listen::bind(listen).with_context(|| {
         format!(
             "cannot listen on {listen} (is another playpod running? choose another with --listen)"
         )

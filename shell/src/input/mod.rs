@@ -99,7 +99,7 @@ impl InputArgs {
         for (player, port) in [(1u8, self.input_port_1), (2, self.input_port_2)] {
             if let Some(port) = port {
                 let addr = SocketAddr::new(ip, port);
-                let listener = TcpListener::bind(addr).with_context(|| {
+                let listener = crate::listen::bind(addr).with_context(|| {
                     format!("cannot listen for player {player}'s input on {addr} (--input-port-{player})")
                 })?;
                 listeners.push((player, listener));
