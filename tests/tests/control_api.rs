@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bytes::Bytes;
-use control_common::{FakeApi, FakeProbe, plane};
+use control_common::{FakeApi, FakeProbe, Hold, plane};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -380,6 +380,101 @@ async fn kubernetes_failures_are_json_errors() {
     );
 }
 
+#[tokio::test]
+async fn ids_that_do_not_decode_are_json_404s() {
+    let h = start(5).await;
+    for path in [
+        "/api/sessions/%FF",
+        "/api/sessions/%C3%28",
+        "/api/sessions/%00",
+        "/api/sessions/%2e%2e",
+        "/api/sessions/0123456789abcde%66",
+    ] {
+        h.get(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+        h.delete(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+    }
+    assert!(h.api.requests().is_empty(), "nothing reached Kubernetes");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("playpod_control_errors_total{kind=\"not_found\"} 10"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_leaves_no_half_made_session() {
+    use tokio::io::AsyncWriteExt as _;
+    let h = start(5).await;
+    let service_apply = h.api.hold(Method::PATCH, "services", Hold::Before);
+    let body = r#"{"game":"pong"}"#;
+    let mut client = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /api/sessions HTTP/1.1\r\nhost: control\r\nauthorization: Bearer {TOKEN}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The pod is made, its Service not yet: the client gives up and hangs up.
+    service_apply.arrived().await;
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    service_apply.release();
+
+    // The creation ends anyway: the session is whole and listed.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = h.get("/api/sessions").await.json();
+        if listed["sessions"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sessions = listed["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{listed}");
+    let id = sessions[0]["id"].as_str().unwrap();
+    let name = format!("playpod-{id}");
+    for resource in ["pods", "services", "ingresses"] {
+        assert!(
+            h.api.object(resource, &name).is_some(),
+            "{resource} missing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dump_session_manifests_makes_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("not").join("yet").join("there");
+    let mut a = args("127.0.0.1:9".parse().unwrap());
+    a.api_token = None; // not needed to dump
+    a.dump_session_manifests = Some(out.clone());
+    playpod::control::serve(a, std::future::pending())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(out.join("pong.yaml")).unwrap();
+    assert!(text.contains("kind: Pod"), "{text}");
+    assert!(text.contains("kind: Ingress"), "{text}");
+
+    // A path under a file is an error naming it, not a panic.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let mut a = args("127.0.0.1:9".parse().unwrap());
+    a.dump_session_manifests = Some(file.join("sub"));
+    let err = playpod::control::serve(a, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot create"), "{err:#}");
+}
+
 fn args(listen: SocketAddr) -> playpod::control::ControlArgs {
     playpod::control::ControlArgs {
         listen,
@@ -393,17 +488,9 @@ fn args(listen: SocketAddr) -> playpod::control::ControlArgs {
     }
 }
 
-#[tokio::test]
-async fn playpod_control_rebuilds_serves_and_stops() {
-    let api = FakeApi::start().await;
-    // A session made by an earlier control plane.
-    let earlier = plane(&api, Arc::new(FakeProbe::default()), 5)
-        .create("pong")
-        .await
-        .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
+/// A kubeconfig in `dir` that points at `api`.
+fn fake_kubeconfig(dir: &std::path::Path, api: &FakeApi) -> std::path::PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
@@ -416,6 +503,77 @@ async fn playpod_control_rebuilds_serves_and_stops() {
         ),
     )
     .unwrap();
+    kubeconfig
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap().port()
+}
+
+/// Whether `url` answers 200 within 10 s.
+async fn answers_ok(url: &str) -> bool {
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..200 {
+        let probe = http
+            .request(Request::get(url).body(Full::new(Bytes::new())).unwrap())
+            .await;
+        if probe.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The `playpod control` binary, on `[::]` (so reached over IPv4 too), stops gracefully and
+/// exits 0 on Ctrl-C, SIGTERM and SIGHUP (a closed terminal) alike.
+#[tokio::test]
+async fn the_control_binary_stops_gracefully_on_every_stop_signal() {
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake_kubeconfig(dir.path(), &api);
+    for signal in ["-INT", "-TERM", "-HUP"] {
+        let port = free_port();
+        let child = std::process::Command::new(playpod_tests::playpod_bin())
+            .args(["control", "--listen", &format!("[::]:{port}")])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("PLAYPOD_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start playpod control");
+        let pid = child.id().to_string();
+        let up = answers_ok(&format!("http://127.0.0.1:{port}/healthz")).await;
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} {pid}");
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .expect("wait for playpod control");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(up, "playpod control did not come up: {log}");
+        assert!(out.status.success(), "{signal}: {} {log}", out.status);
+        assert!(log.contains("shutting down"), "{signal}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn playpod_control_rebuilds_serves_and_stops() {
+    let api = FakeApi::start().await;
+    // A session made by an earlier control plane.
+    let earlier = plane(&api, Arc::new(FakeProbe::default()), 5)
+        .create("pong")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake_kubeconfig(dir.path(), &api);
     let session_config = dir.path().join("session.json");
     std::fs::write(
         &session_config,

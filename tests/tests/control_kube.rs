@@ -1,14 +1,16 @@
 //! The control plane's kube-rs code against a fake Kubernetes API server: the exact objects it
-//! applies, the delete path, 409/422/500 handling, the rebuild after a restart, the reaper and
-//! the session limit.
+//! applies, the delete path, 409/422/500 handling, an API server that stops answering, the
+//! rebuild after a restart and while sessions come and go, the reaper and the session limit.
 
 mod control_common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::http::Method;
-use control_common::{FakeApi, FakeProbe, NAMESPACE, config, plane};
+use axum::http::{Method, StatusCode};
+use control_common::{FakeApi, FakeProbe, Hold, NAMESPACE, config, plane, plane_with};
 use jiff::{SignedDuration, Timestamp};
+use playpod::control::RetryPolicy;
 use playpod::control::config::Catalog;
 use playpod::control::manifests::{self, SessionSpec};
 use playpod::control::session::SessionView;
@@ -151,7 +153,8 @@ async fn a_failed_delete_keeps_the_session() {
     let api = FakeApi::start().await;
     let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
     let view = plane.create("pong").await.unwrap();
-    api.fail(Method::DELETE, "services", 500, 1);
+    // Every attempt fails.
+    api.fail(Method::DELETE, "services", 500, 3);
     let err = plane.delete(&view.id).await.unwrap_err();
     assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
     assert_eq!(
@@ -159,8 +162,61 @@ async fn a_failed_delete_keeps_the_session() {
         1,
         "still listed, so it can be deleted again"
     );
-    plane.delete(&view.id).await.unwrap();
+    // The pod, which owns the other two, is deleted all the same.
     assert!(api.names("pods").is_empty());
+    assert_eq!(api.names("services").len(), 1);
+    plane.delete(&view.id).await.unwrap();
+    assert!(api.names("services").is_empty());
+    assert!(plane.list().is_empty());
+}
+
+#[tokio::test]
+async fn deletes_retry_server_errors() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
+    let view = plane.create("pong").await.unwrap();
+    api.clear_requests();
+    api.fail(Method::DELETE, "ingresses", 500, 1);
+    api.fail(Method::DELETE, "pods", 503, 2);
+    plane.delete(&view.id).await.unwrap();
+    let calls: Vec<_> = api
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.resource))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "DELETE ingresses",
+            "DELETE ingresses",
+            "DELETE services",
+            "DELETE pods",
+            "DELETE pods",
+            "DELETE pods"
+        ]
+    );
+    for resource in ["pods", "services", "ingresses"] {
+        assert!(api.names(resource).is_empty(), "{resource} left behind");
+    }
+    assert!(plane.list().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_deletes_of_one_session_count_it_once() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
+    let view = plane.create("pong").await.unwrap();
+    let (a, b) = tokio::join!(plane.delete(&view.id), plane.delete(&view.id));
+    a.unwrap();
+    b.unwrap();
+    assert!(api.names("pods").is_empty());
+    let metrics = plane.metrics().encode();
+    for line in [
+        "playpod_control_sessions_deleted_total 1\n",
+        "playpod_control_sessions_active 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -200,6 +256,29 @@ async fn conflict_on_the_service_backs_out() {
 }
 
 #[tokio::test]
+async fn a_back_out_deletes_the_pod_even_when_the_ingress_delete_fails() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
+    api.fail(Method::PATCH, "services", 409, 1);
+    // Every attempt to delete the (never made) ingress fails.
+    api.fail(Method::DELETE, "ingresses", 500, 3);
+    let err = plane.create("pong").await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::CONFLICT, "the cause is answered");
+    assert!(
+        api.names("pods").is_empty(),
+        "the pod of the failed session was left running"
+    );
+    assert!(plane.list().is_empty());
+    // The failed cleanup is counted.
+    assert!(
+        plane
+            .metrics()
+            .encode()
+            .contains("playpod_control_errors_total{kind=\"kube_api\"} 3")
+    );
+}
+
+#[tokio::test]
 async fn invalid_ingress_is_422_and_backs_out() {
     let api = FakeApi::start().await;
     let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
@@ -233,7 +312,8 @@ async fn server_errors_are_retried_then_given_up() {
             .contains("playpod_control_errors_total{kind=\"kube_api\"} 1")
     );
 
-    // 500 every time: three attempts, a 502, nothing more applied, nothing left.
+    // 500 every time: three attempts, a 502, nothing more applied, nothing left. A server
+    // error leaves unknown whether the pod was made, so it is deleted (here: already absent).
     api.clear_requests();
     api.fail(Method::PATCH, "pods", 500, 3);
     let err = plane.create("pong").await.unwrap_err();
@@ -243,7 +323,10 @@ async fn server_errors_are_retried_then_given_up() {
         .iter()
         .map(|r| format!("{} {}", r.method, r.resource))
         .collect();
-    assert_eq!(calls, ["PATCH pods", "PATCH pods", "PATCH pods"]);
+    assert_eq!(
+        calls,
+        ["PATCH pods", "PATCH pods", "PATCH pods", "DELETE pods"]
+    );
     assert_eq!(api.names("pods").len(), 1, "only the first session's pod");
     assert_eq!(plane.list().len(), 1);
 }
@@ -461,5 +544,176 @@ async fn the_reaper_asks_a_bounded_number_of_streamers_at_once() {
         most,
         playpod::control::plane::PROBES_AT_ONCE,
         "streamers asked at the same time"
+    );
+}
+
+/// A policy that waits `timeout` for each answer, `attempts` times, without backoff.
+fn quick(attempts: u32, timeout: Duration) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        backoff: Duration::from_millis(1),
+        timeout,
+    }
+}
+
+#[tokio::test]
+async fn an_api_server_that_stops_answering_fails_the_create_in_time_and_leaves_nothing() {
+    let api = FakeApi::start().await;
+    let plane = plane_with(
+        &api,
+        Arc::new(FakeProbe::default()),
+        5,
+        quick(2, Duration::from_millis(300)),
+    );
+
+    // The first apply of the pod is stored but never answered: the retry (apply is idempotent)
+    // makes the session.
+    let _hung = api.hold(Method::PATCH, "pods", Hold::After);
+    let started = Instant::now();
+    let view = plane.create("pong").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} for a server that does not answer",
+        started.elapsed()
+    );
+    assert!(api.object("ingresses", &name(&view)).is_some());
+    assert_eq!(plane.list().len(), 1);
+
+    // No answer to any attempt: 504 in about two timeouts, and the pod the server did store is
+    // deleted again.
+    let _first = api.hold(Method::PATCH, "pods", Hold::After);
+    let _second = api.hold(Method::PATCH, "pods", Hold::After);
+    let started = Instant::now();
+    let err = plane.create("pong").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT, "{err}");
+    assert_eq!(err.metric_label(), "kube_timeout");
+    assert!(err.to_string().contains("apply pod"), "{err}");
+    assert_eq!(
+        api.names("pods"),
+        [name(&view)],
+        "only the first session's pod may be left"
+    );
+    assert_eq!(plane.list().len(), 1);
+    let metrics = plane.metrics().encode();
+    assert!(
+        metrics.contains("playpod_control_errors_total{kind=\"kube_timeout\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_reaper_outlives_an_api_server_that_stops_answering() {
+    let api = FakeApi::start().await;
+    // Lists may take twice the timeout.
+    let plane = plane_with(
+        &api,
+        Arc::new(FakeProbe::default()),
+        5,
+        quick(1, Duration::from_millis(100)),
+    );
+    let ended = plane.create("pong").await.unwrap();
+    api.set_pod_status(&name(&ended), json!({"phase": "Succeeded"}));
+
+    let _hung = api.hold(Method::GET, "pods", Hold::Before);
+    let started = Instant::now();
+    let err = plane.reap_once(Timestamp::now()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the reaper waited {:?} for the list",
+        started.elapsed()
+    );
+    assert_eq!(err.metric_label(), "kube_timeout", "{err}");
+    assert_eq!(plane.list().len(), 1, "nothing reaped on no information");
+
+    // The next pass finds the server answering again.
+    let reaped = plane.reap_once(Timestamp::now()).await.unwrap();
+    assert_eq!(reaped, [(ended.id.clone(), "ended")]);
+    assert!(api.names("pods").is_empty());
+}
+
+#[tokio::test]
+async fn a_session_created_while_a_rebuild_lists_stays_in_view_and_counted() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 1);
+    let pod_apply = api.hold(Method::PATCH, "pods", Hold::Before);
+    let list = api.hold(Method::GET, "pods", Hold::After);
+    let creating = tokio::spawn({
+        let plane = plane.clone();
+        async move { plane.create("pong").await }
+    });
+    // The creation has begun; its pod is not made yet when the rebuild reads the list.
+    pod_apply.arrived().await;
+    let rebuilding = tokio::spawn({
+        let plane = plane.clone();
+        async move { plane.rebuild().await }
+    });
+    list.arrived().await;
+    pod_apply.release();
+    let view = creating.await.unwrap().unwrap();
+    list.release();
+    assert_eq!(rebuilding.await.unwrap().unwrap(), 1);
+
+    // Right after its 201 the session can be read, deleted, and counts against the limit.
+    assert_eq!(plane.get(&view.id).unwrap().token, view.token);
+    let err = plane.create("pong").await.unwrap_err();
+    assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS, "{err}");
+    assert_eq!(api.names("pods").len(), 1);
+    plane.delete(&view.id).await.unwrap();
+    assert!(api.names("pods").is_empty());
+}
+
+#[tokio::test]
+async fn a_session_deleted_while_a_rebuild_lists_stays_deleted() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
+    let view = plane.create("pong").await.unwrap();
+    let list = api.hold(Method::GET, "pods", Hold::After);
+    let rebuilding = tokio::spawn({
+        let plane = plane.clone();
+        async move { plane.rebuild().await }
+    });
+    // The list holds the pod; then the session is deleted before the rebuild uses the list.
+    list.arrived().await;
+    plane.delete(&view.id).await.unwrap();
+    list.release();
+    assert_eq!(rebuilding.await.unwrap().unwrap(), 0);
+    assert!(plane.list().is_empty(), "{:?}", plane.list());
+    assert!(plane.get(&view.id).is_err());
+    assert!(
+        plane
+            .metrics()
+            .encode()
+            .contains("playpod_control_sessions_active 0\n")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_creation_seen_by_a_rebuild_leaves_no_ghost() {
+    let api = FakeApi::start().await;
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5);
+    let service_apply = api.hold(Method::PATCH, "services", Hold::Before);
+    api.fail(Method::PATCH, "services", 409, 1);
+    let creating = tokio::spawn({
+        let plane = plane.clone();
+        async move { plane.create("pong").await }
+    });
+    // The pod is made, its service not yet: a rebuild lists the half-made session.
+    service_apply.arrived().await;
+    assert_eq!(plane.rebuild().await.unwrap(), 1);
+    service_apply.release();
+    let err = creating.await.unwrap().unwrap_err();
+    assert_eq!(err.status(), StatusCode::CONFLICT);
+    assert!(api.names("pods").is_empty());
+    assert!(plane.list().is_empty(), "{:?}", plane.list());
+    assert!(
+        plane
+            .metrics()
+            .encode()
+            .contains("playpod_control_sessions_active 0\n")
     );
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -157,7 +158,12 @@ async fn create_session(
             "bad JSON body: {e}; expected {{\"game\":\"NAME\"}}"
         ))
     })?;
-    let view = ctx.plane.create(&request.game).await?;
+    // In a task of its own: a client that hangs up must not stop it half-way (a pod without its
+    // Service and Ingress); it ends with the session made, or with nothing left behind.
+    let plane = ctx.plane.clone();
+    let view = tokio::spawn(async move { plane.create(&request.game).await })
+        .await
+        .map_err(|e| Error::Io(format!("session creation stopped: {e}")))??;
     let location = format!("/api/sessions/{}", view.id);
     Ok((
         StatusCode::CREATED,
@@ -167,27 +173,40 @@ async fn create_session(
         .into_response())
 }
 
-fn checked_id(id: &str) -> Result<&str> {
-    if is_session_id(id) {
-        Ok(id)
-    } else {
-        Err(Error::NotFound(format!(
+/// The session id of the path, or why there is no such session (a segment that does not even
+/// decode, such as `%FF`, is one more malformed id).
+fn checked_id(id: Result<Path<String>, PathRejection>) -> Result<String> {
+    match id {
+        Ok(Path(id)) if is_session_id(&id) => Ok(id),
+        Ok(Path(id)) => Err(Error::NotFound(format!(
             "no session with id {:?} (ids are 16 hex digits)",
             id.chars().take(64).collect::<String>()
-        )))
+        ))),
+        Err(rejection) => Err(Error::NotFound(format!(
+            "no session with that id ({}; ids are 16 hex digits)",
+            rejection.body_text()
+        ))),
     }
 }
 
-async fn get_session(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let view = ctx.plane.get(checked_id(&id)?)?;
+async fn get_session(
+    State(ctx): State<Ctx>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let view = ctx.plane.get(&checked_id(id)?)?;
     Ok(axum::Json(view).into_response())
 }
 
 async fn delete_session(
     State(ctx): State<Ctx>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    ctx.plane.delete(checked_id(&id)?).await?;
+    let id = checked_id(id)?;
+    // In a task of its own, like a creation: a client that hangs up leaves no half-deleted session.
+    let plane = ctx.plane.clone();
+    tokio::spawn(async move { plane.delete(&id).await })
+        .await
+        .map_err(|e| Error::Io(format!("session deletion stopped: {e}")))??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -59,7 +59,7 @@ pub struct SessionConfig {
     /// The playpod streamer container.
     pub streamer: StreamerConfig,
     pub ingress: IngressConfig,
-    /// A session ends this many minutes after it was created.
+    /// A session ends this many minutes after it was created (at most [`MAX_TTL_MINUTES`]).
     pub ttl_minutes: u32,
     /// A session ends when no player or viewer has been connected for this many minutes.
     pub idle_minutes: u32,
@@ -230,6 +230,9 @@ pub fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// Longest session lifetime: a year. Far longer ones would run the expiry time off the calendar.
+pub const MAX_TTL_MINUTES: u32 = 366 * 24 * 60;
+
 /// Longest game name: it goes into a label value (63) and reads well in a URL-free API.
 pub const MAX_GAME_NAME: usize = 40;
 
@@ -310,6 +313,12 @@ impl SessionConfig {
             return Err(Error::Config(
                 "ttlMinutes and idleMinutes must be at least 1".to_owned(),
             ));
+        }
+        if self.ttl_minutes > MAX_TTL_MINUTES {
+            return Err(Error::Config(format!(
+                "ttlMinutes {} is more than a year ({MAX_TTL_MINUTES})",
+                self.ttl_minutes
+            )));
         }
         if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
             return Err(Error::Config(format!(
@@ -441,6 +450,8 @@ mod tests {
     fn bad_configs_are_refused() {
         for bad in [
             r#"{"ttlMinutes":0}"#,
+            r#"{"ttlMinutes":527041}"#,
+            r#"{"ttlMinutes":4294967295}"#,
             r#"{"maxSessions":0}"#,
             r#"{"runAsUser":0}"#,
             r#"{"publicUrl":"ftp://x"}"#,

@@ -38,6 +38,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The Kubernetes API did not answer in time.
+    #[error("Kubernetes API: {action}: no answer within {after:?}")]
+    KubeTimeout {
+        action: String,
+        after: std::time::Duration,
+    },
     /// A session pod's /readyz could not be read.
     #[error("readiness probe of {target}: {reason}")]
     Probe { target: String, reason: String },
@@ -90,20 +96,23 @@ impl Error {
                 Some(_) => "kube_api",
                 None => "kube_unreachable",
             },
+            Self::KubeTimeout { .. } => "kube_timeout",
             Self::Probe { .. } => "probe",
             Self::Config(_) => "config",
             Self::Io(_) => "io",
         }
     }
 
-    /// Whether retrying the same request may succeed: the API server's 5xx and 429, and
-    /// transport failures. Conflicts (409) and invalid objects (422) will not change by retrying.
+    /// Whether retrying the same request may succeed: the API server's 5xx and 429, transport
+    /// failures and no answer in time. Conflicts (409) and invalid objects (422) will not change
+    /// by retrying. A transient failure of a write also leaves unknown whether it took effect.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Kube { .. } => match self.kube_code() {
                 Some(code) => code == 429 || code >= 500,
                 None => true,
             },
+            Self::KubeTimeout { .. } => true,
             _ => false,
         }
     }
@@ -125,6 +134,7 @@ impl Error {
                 Some(422) => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::BAD_GATEWAY,
             },
+            Self::KubeTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Probe { .. } => StatusCode::BAD_GATEWAY,
             Self::Config(_) | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -173,5 +183,16 @@ mod tests {
         assert!(api(500).is_transient());
         assert!(api(429).is_transient());
         assert!(!Error::TooManySessions(1).is_transient());
+        let timeout = Error::KubeTimeout {
+            action: "apply pod p".to_owned(),
+            after: std::time::Duration::from_secs(10),
+        };
+        assert!(timeout.is_transient());
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.metric_label(), "kube_timeout");
+        assert_eq!(
+            timeout.to_string(),
+            "Kubernetes API: apply pod p: no answer within 10s"
+        );
     }
 }

@@ -34,7 +34,8 @@ pub use plane::{ControlPlane, RetryPolicy};
 /// `playpod control` options.
 #[derive(Debug, Clone, Args)]
 pub struct ControlArgs {
-    /// Address to serve the API, /metrics, /healthz and /readyz on.
+    /// Address to serve the API, /metrics, /healthz and /readyz on. `[::]:PORT` serves IPv6
+    /// and IPv4 (IPv4 only on a host without IPv6).
     #[arg(long, default_value = "127.0.0.1:8090", env = "PLAYPOD_CONTROL_LISTEN")]
     pub listen: std::net::SocketAddr,
     /// Bearer token the API requires (16 to 128 characters of A-Z a-z 0-9 - _).
@@ -62,10 +63,12 @@ pub struct ControlArgs {
     pub dump_session_manifests: Option<PathBuf>,
 }
 
-/// Runs the control plane until SIGTERM or Ctrl-C.
+/// Runs the control plane until Ctrl-C, SIGTERM or SIGHUP.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    // Installed now, not when first polled: a signal during start-up stops it gracefully too.
+    let signal = crate::session::shutdown_signal();
     serve(args, async {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down");
     })
     .await
@@ -141,10 +144,14 @@ pub async fn serve(
         Duration::from_secs(args.reap_interval_seconds),
         wait_for(stop_rx.clone()),
     ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::listen::bind(args.listen)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "control plane API up");
+    let listen = listener.local_addr()?;
+    tracing::info!(%listen, "control plane API up");
     let app = api::router(plane, &api_token);
     let server = axum::serve(listener, app).with_graceful_shutdown(wait_for(stop_rx));
     tokio::spawn(async move {
@@ -159,25 +166,4 @@ pub async fn serve(
 
 async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

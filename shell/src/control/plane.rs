@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,13 +26,22 @@ use super::session::{Session, SessionView};
 /// Streamers the reaper asks for their readiness at the same time.
 pub const PROBES_AT_ONCE: usize = 64;
 
-/// How transient API failures (5xx, 429, transport) are retried.
+/// The list of every session pod may take this many times [`RetryPolicy::timeout`]: it grows
+/// with the number of sessions (and the API server itself ends a request after a minute).
+pub const LIST_TIMEOUT_FACTOR: u32 = 2;
+
+/// How long a Kubernetes API call may take, and how transient failures (5xx, 429, transport, no
+/// answer in time) are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Attempts in all, at least 1.
     pub attempts: u32,
     /// Wait before retry n is n times this.
     pub backoff: Duration,
+    /// Longest wait for one attempt's answer: an API server that stops answering must hold
+    /// neither an API request nor the reaper for ever. The default is the longest an admission
+    /// webhook may take.
+    pub timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -39,6 +49,7 @@ impl Default for RetryPolicy {
         Self {
             attempts: 3,
             backoff: Duration::from_millis(200),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +95,32 @@ struct State {
     sessions: BTreeMap<String, Session>,
     /// Creations under way: they count against the limit.
     pending: u32,
+    /// Rebuilds whose list of pods is in flight.
+    rebuilds: u32,
+    /// Sessions added (`Some`) or removed (`None`) while a rebuild was in flight, numbered: its
+    /// list may have been read before they happened, so the rebuild replays them on it.
+    changes: Vec<(u64, String, Option<Session>)>,
+    /// Number of the latest change.
+    changed: u64,
+}
+
+impl State {
+    fn insert(&mut self, session: Session) {
+        self.changed += 1;
+        if self.rebuilds > 0 {
+            self.changes
+                .push((self.changed, session.spec.id.clone(), Some(session.clone())));
+        }
+        self.sessions.insert(session.spec.id.clone(), session);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Session> {
+        self.changed += 1;
+        if self.rebuilds > 0 {
+            self.changes.push((self.changed, id.to_owned(), None));
+        }
+        self.sessions.remove(id)
+    }
 }
 
 /// The control plane.
@@ -115,6 +152,19 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.pending = state.pending.saturating_sub(1);
+    }
+}
+
+/// Marks a rebuild in flight, however it ends.
+struct Rebuilding<'a>(&'a ControlPlane);
+
+impl Drop for Rebuilding<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.rebuilds = state.rebuilds.saturating_sub(1);
+        if state.rebuilds == 0 {
+            state.changes.clear();
+        }
     }
 }
 
@@ -189,14 +239,26 @@ impl ControlPlane {
     }
 
     /// Replaces the view with what the cluster holds: every pod labelled as a session of this
-    /// control plane and not being deleted. Returns how many sessions there are.
+    /// control plane and not being deleted. Sessions created or deleted through this control
+    /// plane while the list was in flight stay created or deleted. Returns how many sessions
+    /// there are.
     pub async fn rebuild(&self) -> Result<usize> {
-        let started = Timestamp::now();
+        let since = {
+            let mut state = self.lock();
+            state.rebuilds += 1;
+            state.changed
+        };
+        let _rebuilding = Rebuilding(self);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let list = pods
-            .list(&ListParams::default().labels(SESSION_SELECTOR))
-            .await
-            .map_err(|e| Error::kube("list session pods", e))?;
+        let params = ListParams::default().labels(SESSION_SELECTOR);
+        let (pods, params) = (&pods, &params);
+        let list = self
+            .call(
+                "list session pods",
+                self.retry.timeout * LIST_TIMEOUT_FACTOR,
+                move || pods.list(params),
+            )
+            .await?;
         let mut found = BTreeMap::new();
         for pod in &list.items {
             if pod.metadata.deletion_timestamp.is_some() {
@@ -218,15 +280,22 @@ impl ControlPlane {
             }
         }
         let mut state = self.lock();
-        // Sessions created while the list was in flight are not in it yet: keep them.
-        for (id, session) in &state.sessions {
-            if session.spec.created_at >= started && !found.contains_key(id) {
-                found.insert(id.clone(), session.clone());
+        // The list may predate what was created or deleted while it was in flight.
+        for (_, id, change) in state.changes.iter().filter(|(n, ..)| *n > since) {
+            match change {
+                Some(session) => {
+                    found.entry(id.clone()).or_insert_with(|| session.clone());
+                }
+                None => {
+                    found.remove(id);
+                }
             }
         }
         state.sessions = found;
         self.update_gauge(&state);
-        Ok(state.sessions.len())
+        let sessions = state.sessions.len();
+        drop(state);
+        Ok(sessions)
     }
 
     fn reserve(&self) -> Result<Slot<'_>> {
@@ -242,7 +311,8 @@ impl ControlPlane {
     }
 
     /// Creates a session of `game`: Pod, then Service and Ingress owned by it. On any failure
-    /// what was applied is deleted again.
+    /// what was applied, or may have been, is deleted again. Callers that may be cancelled (an
+    /// HTTP client hanging up) run it in a task of its own, so that it never stops half-way.
     pub async fn create(&self, game: &str) -> Result<SessionView> {
         let entry = self.catalog.get(game).ok_or_else(|| Error::UnknownGame {
             game: game.chars().take(64).collect(),
@@ -273,8 +343,9 @@ impl ControlPlane {
                 });
                 let view = session.view(&self.base_url);
                 let mut state = self.lock();
-                state.sessions.insert(spec.id.clone(), session);
+                state.insert(session);
                 self.update_gauge(&state);
+                drop(state);
                 self.metrics.sessions_created.inc();
                 self.metrics
                     .create_seconds
@@ -283,6 +354,11 @@ impl ControlPlane {
                 Ok(view)
             }
             Err(err) => {
+                // A rebuild while it was being made may have listed its pod: it is gone again.
+                let mut state = self.lock();
+                state.remove(&spec.id);
+                self.update_gauge(&state);
+                drop(state);
                 self.metrics.sessions_failed.inc();
                 tracing::warn!(id = %spec.id, game = %spec.game, %err, "session creation failed");
                 Err(err)
@@ -296,7 +372,20 @@ impl ControlPlane {
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let ingresses: Api<Ingress> = Api::namespaced(self.client.clone(), &self.namespace);
 
-        let applied = self.apply(&pods, "pod", &name, pod).await?;
+        let applied = match self.apply(&pods, "pod", &name, pod).await {
+            Ok(applied) => applied,
+            Err(err) => {
+                // No answer or a server error may still have made the pod: delete it again. A
+                // definite refusal (409: someone else's object of that name; 422) made nothing.
+                if err.is_transient()
+                    && let Err(cleanup) = self.delete_object(&pods, "pod", &name).await
+                {
+                    self.metrics.error(&cleanup);
+                    tracing::error!(id = %spec.id, %cleanup, "could not delete a failed session's pod");
+                }
+                return Err(err);
+            }
+        };
         let result = async {
             let uid = applied.metadata.uid.as_deref().ok_or_else(|| {
                 Error::Io(format!(
@@ -323,66 +412,115 @@ impl ControlPlane {
         }
     }
 
+    /// One Kubernetes API call (`attempt` makes it anew each time), each attempt bounded by
+    /// `timeout`, transient failures retried as the policy says.
+    async fn call<T, F, Fut>(&self, action: &str, timeout: Duration, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = kube::Result<T>>,
+    {
+        let mut tries = 1;
+        loop {
+            let err = match tokio::time::timeout(timeout, attempt()).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => Error::kube(action, e),
+                Err(_) => Error::KubeTimeout {
+                    action: action.to_owned(),
+                    after: timeout,
+                },
+            };
+            if !err.is_transient() || tries >= self.retry.attempts {
+                return Err(err);
+            }
+            self.metrics.error(&err);
+            tracing::warn!(%err, attempt = tries, "retrying");
+            tokio::time::sleep(self.retry.backoff * tries).await;
+            tries += 1;
+        }
+    }
+
     async fn apply<K>(&self, api: &Api<K>, kind: &str, name: &str, object: &K) -> Result<K>
     where
         K: Clone + DeserializeOwned + Serialize + Debug,
     {
         let params = PatchParams::apply(FIELD_MANAGER);
-        let mut attempt = 1;
-        loop {
-            match api.patch(name, &params, &Patch::Apply(object)).await {
-                Ok(applied) => return Ok(applied),
-                Err(e) => {
-                    let err = Error::kube(format!("apply {kind} {name}"), e);
-                    if !err.is_transient() || attempt >= self.retry.attempts {
-                        return Err(err);
-                    }
-                    self.metrics.error(&err);
-                    tracing::warn!(%err, attempt, "retrying");
-                    tokio::time::sleep(self.retry.backoff * attempt).await;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    /// Deletes the Ingress, the Service and the Pod of session `id` (each already gone is fine).
-    /// The Pod owns the other two, so the garbage collector removes them even if this stops
-    /// half-way; deleting them first takes the route down at once.
-    async fn delete_objects(&self, id: &str) -> Result<()> {
-        let name = manifests::object_name(id);
-        let ns = &self.namespace;
-        delete(
-            &Api::<Ingress>::namespaced(self.client.clone(), ns),
-            "ingress",
-            &name,
-        )
-        .await?;
-        delete(
-            &Api::<Service>::namespaced(self.client.clone(), ns),
-            "service",
-            &name,
-        )
-        .await?;
-        delete(
-            &Api::<Pod>::namespaced(self.client.clone(), ns),
-            "pod",
-            &name,
+        let patch = Patch::Apply(object);
+        let (params, patch) = (&params, &patch);
+        self.call(
+            &format!("apply {kind} {name}"),
+            self.retry.timeout,
+            move || api.patch(name, params, patch),
         )
         .await
     }
 
-    /// Deletes session `id`.
+    /// Deletes one object; one already gone is fine.
+    async fn delete_object<K>(&self, api: &Api<K>, kind: &str, name: &str) -> Result<()>
+    where
+        K: Clone + DeserializeOwned + Debug,
+    {
+        let params = DeleteParams::background();
+        let params = &params;
+        self.call(
+            &format!("delete {kind} {name}"),
+            self.retry.timeout,
+            move || async move {
+                match api.delete(name, params).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Deletes the Ingress, the Service and the Pod of session `id` (each already gone is fine),
+    /// and answers the first failure. Deleting the other two first takes the route down at once;
+    /// the Pod is deleted even when they could not be, as it owns them: the garbage collector
+    /// removes them with it.
+    async fn delete_objects(&self, id: &str) -> Result<()> {
+        let name = manifests::object_name(id);
+        let ns = &self.namespace;
+        let ingress = self
+            .delete_object(
+                &Api::<Ingress>::namespaced(self.client.clone(), ns),
+                "ingress",
+                &name,
+            )
+            .await;
+        let service = self
+            .delete_object(
+                &Api::<Service>::namespaced(self.client.clone(), ns),
+                "service",
+                &name,
+            )
+            .await;
+        let pod = self
+            .delete_object(
+                &Api::<Pod>::namespaced(self.client.clone(), ns),
+                "pod",
+                &name,
+            )
+            .await;
+        ingress.and(service).and(pod)
+    }
+
+    /// Deletes session `id`. Deleting one that a concurrent delete (or the reaper) is ending
+    /// succeeds too; it is counted once.
     pub async fn delete(&self, id: &str) -> Result<()> {
         if !self.lock().sessions.contains_key(id) {
             return Err(unknown_session(id));
         }
         self.delete_objects(id).await?;
         let mut state = self.lock();
-        state.sessions.remove(id);
+        let removed = state.remove(id).is_some();
         self.update_gauge(&state);
-        self.metrics.sessions_deleted.inc();
-        tracing::info!(%id, "session deleted");
+        drop(state);
+        if removed {
+            self.metrics.sessions_deleted.inc();
+            tracing::info!(%id, "session deleted");
+        }
         Ok(())
     }
 
@@ -433,12 +571,15 @@ impl ControlPlane {
             match self.delete_objects(id).await {
                 Ok(()) => {
                     let mut state = self.lock();
-                    state.sessions.remove(id);
+                    let removed = state.remove(id).is_some();
                     self.update_gauge(&state);
                     drop(state);
-                    self.metrics.reaped(why);
-                    tracing::info!(%id, reason = why, "session reaped");
-                    reaped.push((id.clone(), why));
+                    // Otherwise it was deleted through the API meanwhile, and counted there.
+                    if removed {
+                        self.metrics.reaped(why);
+                        tracing::info!(%id, reason = why, "session reaped");
+                        reaped.push((id.clone(), why));
+                    }
                 }
                 Err(err) => {
                     self.metrics.error(&err);
@@ -477,17 +618,6 @@ fn unknown_session(id: &str) -> Error {
         "no session with id {:?}",
         id.chars().take(64).collect::<String>()
     ))
-}
-
-async fn delete<K>(api: &Api<K>, kind: &str, name: &str) -> Result<()>
-where
-    K: Clone + DeserializeOwned + Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete {kind} {name}"), e)),
-    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,11 @@ impl HttpProbe {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // No connection is kept for the next pass: with thousands of sessions that would be
+            // thousands of idle connections (and descriptors), here and in the streamers.
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(connector),
             port,
             timeout,
         }
@@ -118,6 +122,40 @@ mod tests {
                 idle_seconds: 42
             }
         );
+    }
+
+    /// The reaper asks every streamer on each pass: a connection kept open per streamer between
+    /// passes would make thousands of sessions thousands of descriptors held for ever.
+    #[tokio::test]
+    async fn no_connection_stays_open_after_a_probe() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the probe hung up before asking");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"ready":true,"idleSeconds":0}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            // The probe is done: its side of the connection must close.
+            tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                .await
+                .map(Result::unwrap)
+        });
+        let probe = HttpProbe::new(port, Duration::from_secs(2));
+        let r = probe.probe("127.0.0.1").await.unwrap();
+        assert_eq!(r.idle_seconds, 0);
+        let closed = server.await.unwrap();
+        assert_eq!(closed, Ok(0), "the connection stayed open after the probe");
     }
 
     #[tokio::test]

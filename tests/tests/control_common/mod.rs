@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server, served by axum on 127.0.0.1, that the real kube-rs client of
 //! the control plane talks HTTP to. It keeps Pods, Services and Ingresses in memory, records
-//! every request, understands server-side apply, delete and label-selected lists, and fails
-//! requests on demand with a Kubernetes `Status` (409, 422, 500, ...).
+//! every request, understands server-side apply, delete and label-selected lists, fails
+//! requests on demand with a Kubernetes `Status` (409, 422, 500, ...), and holds requests on
+//! demand (before or after they take effect) until the test releases them, which is how tests
+//! order races and play an API server that stops answering.
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
@@ -46,12 +48,50 @@ struct Failure {
     left: u32,
 }
 
+/// When a held request waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Before it takes effect (and before any injected failure): the API server has not got to it.
+    Before,
+    /// After it took effect, before the answer: the object is stored (or deleted, or the list
+    /// read) but the client hears nothing yet.
+    After,
+}
+
+/// A request held by the fake until the test releases it.
+#[derive(Debug)]
+pub struct Gate {
+    arrived: tokio::sync::Semaphore,
+    release: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    /// Waits until the held request has arrived (and, with [`Hold::After`], taken effect).
+    pub async fn arrived(&self) {
+        self.arrived.acquire().await.unwrap().forget();
+    }
+
+    /// Lets the held request go on.
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    method: Method,
+    resource: String,
+    when: Hold,
+    gate: Arc<Gate>,
+}
+
 #[derive(Debug, Default)]
 struct FakeState {
     /// (resource, namespace, name) -> object.
     objects: BTreeMap<(String, String, String), Value>,
     requests: Vec<Recorded>,
     failures: VecDeque<Failure>,
+    holds: VecDeque<Held>,
     next_uid: u64,
 }
 
@@ -88,6 +128,23 @@ impl FakeApi {
             code,
             left: times,
         });
+    }
+
+    /// Holds the next request of `method` on `resource` (`Hold::Before` or `Hold::After` it takes
+    /// effect) until the returned gate is released; a request never released plays an API
+    /// server that stopped answering.
+    pub fn hold(&self, method: Method, resource: &str, when: Hold) -> Arc<Gate> {
+        let gate = Arc::new(Gate {
+            arrived: tokio::sync::Semaphore::new(0),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        self.state.lock().unwrap().holds.push_back(Held {
+            method,
+            resource: resource.to_owned(),
+            when,
+            gate: gate.clone(),
+        });
+        gate
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -210,20 +267,61 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
         .unwrap_or("")
         .to_owned();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut state = state.lock().unwrap();
-    state.requests.push(Recorded {
-        method: parts.method.clone(),
-        resource: resource.clone(),
-        namespace: namespace.clone(),
-        name: name.clone(),
-        query: query.clone(),
-        content_type: content_type.clone(),
-        body: body_json.clone(),
-    });
+    let held = {
+        let mut state = state.lock().unwrap();
+        state.requests.push(Recorded {
+            method: parts.method.clone(),
+            resource: resource.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            query: query.clone(),
+            content_type: content_type.clone(),
+            body: body_json.clone(),
+        });
+        let at = state
+            .holds
+            .iter()
+            .position(|h| h.method == parts.method && h.resource == resource);
+        at.and_then(|at| state.holds.remove(at))
+    };
+    let wait = |gate: Arc<Gate>| async move {
+        gate.arrived.add_permits(1);
+        gate.release.acquire().await.unwrap().forget();
+    };
+    let mut after = None;
+    if let Some(held) = held {
+        match held.when {
+            Hold::Before => wait(held.gate).await,
+            Hold::After => after = Some(held.gate),
+        }
+    }
+    let response = answer(
+        &mut state.lock().unwrap(),
+        parts.method,
+        (resource, namespace, name),
+        &query,
+        &content_type,
+        body_json,
+    );
+    if let Some(gate) = after {
+        wait(gate).await;
+    }
+    response
+}
+
+/// What the fake does with a request (a held one once it is let go on).
+fn answer(
+    state: &mut FakeState,
+    method: Method,
+    (resource, namespace, name): (String, String, String),
+    query: &BTreeMap<String, String>,
+    content_type: &str,
+    body_json: Value,
+) -> Response {
     if let Some(failure) = state
         .failures
         .iter_mut()
-        .find(|f| f.method == parts.method && f.resource == resource && f.left > 0)
+        .find(|f| f.method == method && f.resource == resource && f.left > 0)
     {
         failure.left -= 1;
         let code = failure.code;
@@ -236,7 +334,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
         return status(code, reason, &format!("injected {code} on {resource}"));
     }
     let key = (resource.clone(), namespace.clone(), name.clone());
-    match parts.method {
+    match method {
         Method::PATCH => {
             if content_type != "application/apply-patch+yaml" {
                 return status(415, "UnsupportedMediaType", "only server-side apply here");
@@ -398,6 +496,25 @@ pub fn config(max_sessions: u32) -> SessionConfig {
 
 /// A control plane against `api`, with the fake probe and no waiting between retries.
 pub fn plane(api: &FakeApi, probe: Arc<FakeProbe>, max_sessions: u32) -> Arc<ControlPlane> {
+    plane_with(
+        api,
+        probe,
+        max_sessions,
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+            timeout: Duration::from_secs(5),
+        },
+    )
+}
+
+/// A control plane against `api`, with the fake probe and this retry policy.
+pub fn plane_with(
+    api: &FakeApi,
+    probe: Arc<FakeProbe>,
+    max_sessions: u32,
+    retry: RetryPolicy,
+) -> Arc<ControlPlane> {
     Arc::new(
         ControlPlane::new(
             api.client(),
@@ -406,10 +523,7 @@ pub fn plane(api: &FakeApi, probe: Arc<FakeProbe>, max_sessions: u32) -> Arc<Con
             config(max_sessions),
             probe,
             Arc::new(Metrics::new()),
-            RetryPolicy {
-                attempts: 3,
-                backoff: Duration::from_millis(1),
-            },
+            retry,
         )
         .unwrap(),
     )
