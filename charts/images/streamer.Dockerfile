@@ -31,4 +31,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s \
   CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ' 200 ' <&3"]
 ENTRYPOINT ["/usr/local/bin/playpod"]
-CMD ["pod", "--display", ":0", "--framebuffer", "/run/playpod/fb/Xvfb_screen0", "--listen", "0.0.0.0:8080", "--wait-for-display", "60"]
+CMD ["pod", "--display", ":0", "--framebuffer", "/run/playpod/fb/Xvfb_screen0", "--listen", "[::]:8080", "--wait-for-display", "60"]

@@ -323,7 +323,7 @@ pub fn pod(spec: &SessionSpec, game: &Game, config: &SessionConfig, namespace: &
         "--framebuffer",
         &format!("{FRAMEBUFFER_DIR}/Xvfb_screen0"),
         "--listen",
-        &format!("0.0.0.0:{STREAMER_PORT}"),
+        &format!("[::]:{STREAMER_PORT}"),
         // The game container starts Xvfb beside us: wait for it.
         "--wait-for-display",
         &STREAMER_WAIT_FOR_DISPLAY.to_string(),
@@ -638,7 +638,7 @@ pub(super) mod tests {
                 "--framebuffer",
                 "/run/playpod/fb/Xvfb_screen0",
                 "--listen",
-                "0.0.0.0:8080",
+                "[::]:8080",
                 "--wait-for-display",
                 "60"
             ])
