@@ -105,6 +105,16 @@ impl Harness {
         self.call(Method::DELETE, path, Some(TOKEN), None, "").await
     }
 
+    /// GET and DELETE of `path` both answer a JSON 404 "no session".
+    async fn assert_no_session(&self, path: &str) {
+        self.get(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+        self.delete(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "no session");
+    }
+
     async fn create(&self, body: &str) -> Answer {
         self.call(
             Method::POST,
@@ -183,6 +193,24 @@ async fn the_api_needs_the_bearer_token() {
         "{metrics}"
     );
     assert_eq!(h.get("/api/games").await.status, StatusCode::OK);
+    // The scheme is case-insensitive and may be followed by more than one space (RFC 9110).
+    for value in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer   {TOKEN}"),
+    ] {
+        let answer = h
+            .http
+            .request(
+                Request::get(format!("http://{}/api/games", h.addr))
+                    .header(header::AUTHORIZATION, &value)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{value}");
+    }
 }
 
 #[tokio::test]
@@ -294,12 +322,7 @@ async fn every_bad_request_gets_a_clear_4xx() {
         "/api/sessions/0123456789abcdef0",
         "/api/sessions/0123456789abcdef",
     ] {
-        h.get(path)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "no session");
-        h.delete(path)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "no session");
+        h.assert_no_session(path).await;
     }
     h.get("/api/elsewhere")
         .await
@@ -390,12 +413,7 @@ async fn ids_that_do_not_decode_are_json_404s() {
         "/api/sessions/%2e%2e",
         "/api/sessions/0123456789abcde%66",
     ] {
-        h.get(path)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "no session");
-        h.delete(path)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "no session");
+        h.assert_no_session(path).await;
     }
     assert!(h.api.requests().is_empty(), "nothing reached Kubernetes");
     let metrics = h.metrics().await;

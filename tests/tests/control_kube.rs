@@ -132,9 +132,7 @@ async fn delete_removes_all_three_objects() {
     for r in &requests {
         assert_eq!(r.body["propagationPolicy"], "Background");
     }
-    for resource in ["pods", "services", "ingresses"] {
-        assert!(api.names(resource).is_empty(), "{resource} left behind");
-    }
+    api.assert_no_objects();
     assert!(plane.list().is_empty());
     assert_eq!(
         plane.delete(&view.id).await.unwrap_err().status(),
@@ -179,11 +177,7 @@ async fn deletes_retry_server_errors() {
     api.fail(Method::DELETE, "ingresses", 500, 1);
     api.fail(Method::DELETE, "pods", 503, 2);
     plane.delete(&view.id).await.unwrap();
-    let calls: Vec<_> = api
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.resource))
-        .collect();
+    let calls = api.calls();
     assert_eq!(
         calls,
         [
@@ -195,9 +189,7 @@ async fn deletes_retry_server_errors() {
             "DELETE pods"
         ]
     );
-    for resource in ["pods", "services", "ingresses"] {
-        assert!(api.names(resource).is_empty(), "{resource} left behind");
-    }
+    api.assert_no_objects();
     assert!(plane.list().is_empty());
 }
 
@@ -228,11 +220,7 @@ async fn conflict_on_the_service_backs_out() {
     assert_eq!(err.status(), axum::http::StatusCode::CONFLICT);
     assert_eq!(err.metric_label(), "kube_conflict");
     // No retry of a conflict, then the pod that was made is deleted again.
-    let calls: Vec<_> = api
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.resource))
-        .collect();
+    let calls = api.calls();
     assert_eq!(
         calls,
         [
@@ -243,9 +231,7 @@ async fn conflict_on_the_service_backs_out() {
             "DELETE pods"
         ]
     );
-    for resource in ["pods", "services", "ingresses"] {
-        assert!(api.names(resource).is_empty(), "{resource} left behind");
-    }
+    api.assert_no_objects();
     assert!(plane.list().is_empty());
     let metrics = plane.metrics().encode();
     assert!(
@@ -286,9 +272,7 @@ async fn invalid_ingress_is_422_and_backs_out() {
     let err = plane.create("pong").await.unwrap_err();
     assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
     assert!(err.to_string().contains("apply ingress"), "{err}");
-    for resource in ["pods", "services", "ingresses"] {
-        assert!(api.names(resource).is_empty(), "{resource} left behind");
-    }
+    api.assert_no_objects();
 }
 
 #[tokio::test]
@@ -318,11 +302,7 @@ async fn server_errors_are_retried_then_given_up() {
     api.fail(Method::PATCH, "pods", 500, 3);
     let err = plane.create("pong").await.unwrap_err();
     assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
-    let calls: Vec<_> = api
-        .requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.resource))
-        .collect();
+    let calls = api.calls();
     assert_eq!(
         calls,
         ["PATCH pods", "PATCH pods", "PATCH pods", "DELETE pods"]

@@ -71,7 +71,7 @@ async fn auth_and_count(State(ctx): State<Ctx>, request: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if !crate::token::token_matches(&ctx.api_token, presented) {
             let err = Error::Unauthorized;
@@ -88,6 +88,15 @@ async fn auth_and_count(State(ctx): State<Ctx>, request: Request, next: Next) ->
             .inc();
     }
     response
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is case-insensitive and may
+/// be followed by several spaces (RFC 9110, 11.4).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Marks a response as an error of this kind, for the metrics layer.

@@ -378,7 +378,7 @@ impl ControlPlane {
                 // No answer or a server error may still have made the pod: delete it again. A
                 // definite refusal (409: someone else's object of that name; 422) made nothing.
                 if err.is_transient()
-                    && let Err(cleanup) = self.delete_object(&pods, "pod", &name).await
+                    && let Err(cleanup) = self.delete_object::<Pod>("pod", &name).await
                 {
                     self.metrics.error(&cleanup);
                     tracing::error!(id = %spec.id, %cleanup, "could not delete a failed session's pod");
@@ -454,13 +454,16 @@ impl ControlPlane {
         .await
     }
 
-    /// Deletes one object; one already gone is fine.
-    async fn delete_object<K>(&self, api: &Api<K>, kind: &str, name: &str) -> Result<()>
+    /// Deletes one object of this namespace; one already gone is fine.
+    async fn delete_object<K>(&self, kind: &str, name: &str) -> Result<()>
     where
-        K: Clone + DeserializeOwned + Debug,
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
     {
-        let params = DeleteParams::background();
-        let params = &params;
+        let api = &Api::<K>::namespaced(self.client.clone(), &self.namespace);
+        let params = &DeleteParams::background();
         self.call(
             &format!("delete {kind} {name}"),
             self.retry.timeout,
@@ -481,28 +484,9 @@ impl ControlPlane {
     /// removes them with it.
     async fn delete_objects(&self, id: &str) -> Result<()> {
         let name = manifests::object_name(id);
-        let ns = &self.namespace;
-        let ingress = self
-            .delete_object(
-                &Api::<Ingress>::namespaced(self.client.clone(), ns),
-                "ingress",
-                &name,
-            )
-            .await;
-        let service = self
-            .delete_object(
-                &Api::<Service>::namespaced(self.client.clone(), ns),
-                "service",
-                &name,
-            )
-            .await;
-        let pod = self
-            .delete_object(
-                &Api::<Pod>::namespaced(self.client.clone(), ns),
-                "pod",
-                &name,
-            )
-            .await;
+        let ingress = self.delete_object::<Ingress>("ingress", &name).await;
+        let service = self.delete_object::<Service>("service", &name).await;
+        let pod = self.delete_object::<Pod>("pod", &name).await;
         ingress.and(service).and(pod)
     }
 

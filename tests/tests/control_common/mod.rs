@@ -151,6 +151,21 @@ impl FakeApi {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// The requests so far, as "METHOD resource".
+    pub fn calls(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.resource))
+            .collect()
+    }
+
+    /// Fails the test if any session object is left.
+    pub fn assert_no_objects(&self) {
+        for resource in ["pods", "services", "ingresses"] {
+            assert!(self.names(resource).is_empty(), "{resource} left behind");
+        }
+    }
+
     pub fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
     }
