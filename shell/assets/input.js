@@ -141,6 +141,11 @@
   // --- the input channel ------------------------------------------------------------------
   let backoff = 250;
   let retry = null;
+  // Whether this page held its player's slot when its connection last broke: then every
+  // attempt comes back as the controller (the pod may not have noticed the break yet, and
+  // notices only within --input-timeout), not just the first, which fails while the network
+  // is still down.
+  let holding = false;
   function showBadge() {
     if (!state.player) { badge.textContent = 'spectator'; badge.className = ''; return; }
     const status = state.connected ? 'connected' : (state.closeReason && !retry ? state.closeReason : 'connecting…');
@@ -162,9 +167,8 @@
     const ws = new WebSocket(wsBase + 'input/' + state.player + (takeover ? '?takeover=1' : ''));
     socket = ws;
     ws.binaryType = 'arraybuffer';
-    let opened = false;
     ws.onopen = () => {
-      opened = true;
+      holding = true;
       backoff = 250;
       state.connected = true;
       lastSent = 0; // the server starts with no key held
@@ -197,14 +201,15 @@
         return;
       }
       if (ev.code === 4001 || ev.code === 4002) {
+        holding = false;
         showBadge();
-        offerTakeover(ev.reason);
+        // In words for the page's user (the pod's reason tells other clients to add
+        // ?takeover=1), short enough for one line on a phone.
+        offerTakeover(ev.code === 4001 ? 'taken by another page' : 'another page took over');
         return;
       }
       state.reconnects++;
-      // This page held the slot until its connection broke: the pod may not have noticed yet
-      // (it does within --input-timeout), so come back as its controller rather than be refused.
-      retry = setTimeout(() => { retry = null; connect(opened); }, backoff);
+      retry = setTimeout(() => { retry = null; connect(holding); }, backoff);
       backoff = Math.min(backoff * 2, 5000);
       showBadge();
     };
@@ -213,7 +218,7 @@
   function offerTakeover(reason) {
     const take = el('button', { type: 'button', id: 'takeover' }, 'take over');
     take.addEventListener('click', () => { take.remove(); connect(true); });
-    badge.textContent = `player ${state.player} · ${reason || 'disconnected'} `;
+    badge.textContent = `player ${state.player} · ${reason} `;
     badge.append(take);
   }
 
@@ -223,6 +228,7 @@
     if (state.player) url.searchParams.set('player', state.player); else url.searchParams.delete('player');
     history.replaceState(null, '', url);
     releaseAll();
+    holding = false;
     connect(takeover);
     pad.hidden = !(state.player && coarse && coarse.matches);
     state.touch = !pad.hidden;

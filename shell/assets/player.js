@@ -94,9 +94,13 @@
   let decoder = null;
   let waitingForKey = true;
   let pending = null; // newest decoded frame not yet drawn
+  // One drawing callback at a time: a hidden page gets no animation frames, and one asked for
+  // per decoded frame would pile up for as long as it stays hidden.
+  let drawAsked = false;
   const latencies = [];
 
   function draw() {
+    drawAsked = false;
     const frame = pending;
     pending = null;
     if (!frame) return;
@@ -119,7 +123,10 @@
     if (latencies.length > 120) latencies.shift();
     if (pending) { pending.close(); stats.droppedFrames++; }
     pending = frame;
-    requestAnimationFrame(draw);
+    if (!drawAsked) {
+      drawAsked = true;
+      requestAnimationFrame(draw);
+    }
   }
 
   // Asks the pod for a fresh keyframe, at most once a second (the pod honours one a second per
@@ -213,7 +220,13 @@
       prober = setInterval(() => {
         if (performance.now() - heardAt > SILENT_MS) {
           console.warn(`nothing from the video socket for ${SILENT_MS / 1000} s: reconnecting`);
+          // Nothing may ever answer its closing handshake (Chromium waits a minute for it
+          // before the close event): the page goes on without this socket at once.
+          const closed = socket.onclose;
+          socket.onclose = null;
+          socket.onmessage = null;
           socket.close(4000, 'silent');
+          closed({ code: 4000, reason: 'silent' });
           return;
         }
         probeClock(socket);

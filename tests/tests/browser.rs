@@ -610,8 +610,20 @@ return [...pad.querySelectorAll('[data-pad]')].map((e) => {
 });
 ";
 
+/// The page's width and its other controls (the overlay, the badge, the player choice, the
+/// sound button), as `[id, left, top, right, bottom]`.
+const CONTROLS: &str = r"
+return { width: innerWidth, controls: ['stats', 'badge', 'players', 'audio'].map((id) => {
+  const r = document.getElementById(id).getBoundingClientRect();
+  return [id, r.left, r.top, r.right, r.bottom];
+}) };
+";
+
 /// A pressed pad button stays where the finger is (it once jumped away when pressed), shows it
-/// is pressed, and on a phone held upright no button covers another.
+/// is pressed, and on a phone no button or control covers another or runs off the page: once
+/// the overlay sat under the D-pad and the B button, on a phone 320 px wide the D-pad's right
+/// button covered B, and on a small phone on its side the overlay covered the sound button
+/// and the player choice.
 async fn check_touch_pad_layout(client: &Client, down_key: char) {
     let keys = |v: Value| -> Vec<(String, [f64; 4], bool)> {
         v.as_array()
@@ -646,23 +658,48 @@ async fn check_touch_pad_layout(client: &Client, down_key: char) {
         assert_eq!(was, now, "the {name} button moved while down was held");
         assert_eq!(*pressed, name == "down", "{name} shown pressed: {pressed}");
     }
-    client
-        .set_window_size(390, 844)
-        .await
-        .expect("a phone-sized window");
-    let phone = keys(client.execute(PAD_KEYS, vec![]).await.expect("pad keys"));
-    for (i, (a, ra, _)) in phone.iter().enumerate() {
-        for (b, rb, _) in &phone[i + 1..] {
-            // Neighbouring D-pad keys share their 1-px borders: more than that is a cover.
-            const SHARED: f64 = 5.0;
-            let overlap = ra[0] + SHARED < rb[2]
-                && rb[0] + SHARED < ra[2]
-                && ra[1] + SHARED < rb[3]
-                && rb[1] + SHARED < ra[3];
+    // Phones held upright (the smallest 320 px wide) and on their side: the windows' sizes,
+    // with room for the browser's own bars.
+    for (width, height) in [(390, 844), (320, 711), (568, 463)] {
+        client
+            .set_window_size(width, height)
+            .await
+            .expect("a phone-sized window");
+        // The overlay's figures are refreshed twice a second: wait for them at the new size.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut boxes: Vec<(String, [f64; 4])> =
+            keys(client.execute(PAD_KEYS, vec![]).await.expect("pad keys"))
+                .into_iter()
+                .map(|(name, rect, _)| (format!("the {name} button"), rect))
+                .collect();
+        let seen = client.execute(CONTROLS, vec![]).await.expect("controls");
+        let inner = seen["width"].as_f64().expect("the page's width");
+        for control in seen["controls"].as_array().expect("controls") {
+            let n = |i: usize| control[i].as_f64().expect("a coordinate");
+            let rect = [n(1), n(2), n(3), n(4)];
             assert!(
-                !overlap,
-                "at 390x844 the {a} button {ra:?} overlaps {b} {rb:?}"
+                rect[2] > rect[0] && rect[3] > rect[1],
+                "{control} takes no room"
             );
+            assert!(
+                rect[0] >= 0.0 && rect[2] <= inner,
+                "at {width}x{height} {control} runs off the page ({inner} px wide)"
+            );
+            boxes.push((format!("#{}", control[0].as_str().expect("an id")), rect));
+        }
+        for (i, (a, ra)) in boxes.iter().enumerate() {
+            for (b, rb) in &boxes[i + 1..] {
+                // Neighbouring D-pad keys share their 1-px borders: more than that is a cover.
+                const SHARED: f64 = 5.0;
+                let overlap = ra[0] + SHARED < rb[2]
+                    && rb[0] + SHARED < ra[2]
+                    && ra[1] + SHARED < rb[3]
+                    && rb[1] + SHARED < ra[3];
+                assert!(
+                    !overlap,
+                    "at {width}x{height} {a} {ra:?} overlaps {b} {rb:?}"
+                );
+            }
         }
     }
 }
@@ -1287,6 +1324,326 @@ async fn chromium_says_when_the_session_is_gone() {
             assert_eq!(seen["videoConnected"], false, "{seen}");
         }
         .boxed()
+    })
+    .await;
+}
+
+/// Before the page's own scripts: while `window.__cut` is set, the page's input sockets go to
+/// an address that refuses them (as during a network cut); every input socket is kept in
+/// `window.__inputSockets`.
+const CUT_INPUT: &str = r"
+window.__cut = false;
+window.__inputSockets = [];
+const Real = WebSocket;
+window.WebSocket = class extends Real {
+  constructor(url, protocols) {
+    const input = String(url).includes('/input/');
+    super(input && window.__cut ? String(url).replace(/input\/.*/, 'no-such-socket') : url, protocols);
+    if (input) window.__inputSockets.push(this);
+  }
+};
+";
+
+/// A page whose input connection broke (as far as it can tell) while the pod still holds it
+/// (the pod notices only within `--input-timeout`) comes back as its player's controller, also
+/// when its first attempts fail because the network is still down: once only the first retry
+/// asked to take over, and the pod refused the later ones (4001), leaving the player locked
+/// out until a click.
+async fn check_reconnect_after_a_cut(client: &Client, served: &Served) {
+    client
+        .issue_cmd(Cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": CUT_INPUT }),
+        ))
+        .await
+        .expect("add the network cut");
+    client
+        .goto(&format!("{}?player=1", served.url))
+        .await
+        .expect("open the player as player 1");
+    let ready = client
+        .execute_async(WAIT_PLAYER, vec![])
+        .await
+        .expect("wait for the player");
+    assert!(ready.get("error").is_none(), "{ready}");
+    // The page sees its connection break; the connection itself stays open, as one whose
+    // network is gone and that the pod has not noticed yet.
+    client
+        .execute(
+            "window.__cut = true; \
+             const s = window.__inputSockets[window.__inputSockets.length - 1]; \
+             const broke = s.onclose; s.onclose = null; s.onmessage = null; \
+             broke(new CloseEvent('close', { code: 1006 }));",
+            vec![],
+        )
+        .await
+        .expect("break the input connection");
+    let seen = client
+        .execute_async(
+            r"
+const done = arguments[arguments.length - 1];
+const t0 = performance.now();
+let restored = false;
+(function wait() {
+  const i = window.playpodInput;
+  // The break and two failed attempts: the network comes back.
+  if (!restored && i.reconnects >= 3) { restored = true; window.__cut = false; }
+  const badge = document.getElementById('badge').textContent;
+  if (restored && (i.connected || i.closeCode === 4001)) {
+    setTimeout(() => done({ input: { ...window.playpodInput }, badge: document.getElementById('badge').textContent }), 500);
+  } else if (performance.now() - t0 > 15000) {
+    done({ error: 'no reconnection within 15 s', restored, input: i, badge });
+  } else {
+    setTimeout(wait, 20);
+  }
+})();
+",
+            vec![],
+        )
+        .await
+        .expect("watch the reconnection");
+    eprintln!("after the cut: {seen}");
+    assert!(seen.get("error").is_none(), "{seen}");
+    assert_eq!(seen["input"]["connected"], json!(true), "{seen}");
+    assert_eq!(seen["badge"], json!("player 1 · connected"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_player_comes_back_after_a_network_cut() {
+    in_chromium(
+        &["demo", "--scene", "pong", "--no-audio"],
+        |client, served| check_reconnect_after_a_cut(client, served).boxed(),
+    )
+    .await;
+}
+
+/// A video connection that stays open but brings nothing (here the pod is stopped; a network
+/// change does the same) is given up after 5 s and a new one made at once: once the page
+/// waited for the dead connection's closing handshake, which nothing answers (Chromium gives
+/// up on it after a minute), before it tried again.
+async fn check_silent_video_reconnects(client: &Client, served: &Served) {
+    client.goto(&served.url).await.expect("open the player");
+    let playing = poll_page(client, "s.connected && s.fps > 20", 30).await;
+    assert_eq!(
+        playing["met"],
+        json!(true),
+        "the game never played: {playing}"
+    );
+    let stopped = Stopped::new(served.child.id());
+    let silent = poll_page(client, "s.reconnects > 0", 9).await;
+    drop(stopped);
+    eprintln!("pod stopped: {silent}");
+    assert_eq!(
+        silent["met"],
+        json!(true),
+        "no new connection within 9 s of the pod going silent: {silent}"
+    );
+    let back = poll_page(client, "s.connected && s.fps > 20", 15).await;
+    eprintln!("pod going on: {back}");
+    assert_eq!(
+        back["met"],
+        json!(true),
+        "the page did not play again: {back}"
+    );
+    assert_eq!(int(&back["stats"], "reconnects"), 1, "{back}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_reconnects_a_silent_video_connection() {
+    in_chromium(&["demo", "--no-audio"], |client, served| {
+        check_silent_video_reconnects(client, served).boxed()
+    })
+    .await;
+}
+
+/// Counts the animation-frame callbacks the page has asked for and not yet had
+/// (`window.__frameCallbacks`).
+const COUNT_FRAME_CALLBACKS: &str = r"
+window.__frameCallbacks = 0;
+const request = window.requestAnimationFrame;
+window.requestAnimationFrame = (f) => {
+  window.__frameCallbacks++;
+  return request((t) => { window.__frameCallbacks--; f(t); });
+};
+";
+
+/// The page in a background tab (hidden, so the browser runs no animation frames): the keys
+/// held are released on the wire, and the page does not pile up a drawing callback per decoded
+/// frame (once 60 a second, for as long as the tab stayed in the background); back in front,
+/// it draws again.
+async fn check_background_tab(client: &Client, served: &Served) {
+    client
+        .goto(&format!("{}?player=1", served.url))
+        .await
+        .expect("open the player as player 1");
+    let ready = client
+        .execute_async(WAIT_PLAYER, vec![])
+        .await
+        .expect("wait for the player");
+    assert!(ready.get("error").is_none(), "{ready}");
+    client
+        .execute(COUNT_FRAME_CALLBACKS, vec![])
+        .await
+        .expect("count frame callbacks");
+    const UP: char = '\u{e013}';
+    client
+        .perform_actions(KeyActions::new("keyboard".to_owned()).then(KeyAction::Down { value: UP }))
+        .await
+        .expect("hold up");
+    let held = client
+        .execute("return window.playpodInput.lastSent;", vec![])
+        .await
+        .expect("read the input");
+    assert_eq!(held, json!(1), "up held: {held}");
+    // A new tab in front hides this one.
+    client
+        .issue_cmd(Cdp("Target.createTarget", json!({ "url": "about:blank" })))
+        .await
+        .expect("open a tab in front");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hidden = client
+        .execute(
+            "return { hidden: document.hidden, callbacks: window.__frameCallbacks, \
+                      input: window.playpodInput, stats: window.playpodStats };",
+            vec![],
+        )
+        .await
+        .expect("read the hidden page");
+    eprintln!("3 s in the background: {hidden}");
+    assert_eq!(hidden["hidden"], json!(true), "{hidden}");
+    assert_eq!(
+        hidden["input"]["lastSent"],
+        json!(0),
+        "a key stayed held: {hidden}"
+    );
+    assert!(
+        int(&hidden, "callbacks") <= 2,
+        "{} drawing callbacks waiting: {hidden}",
+        hidden["callbacks"]
+    );
+    client
+        .issue_cmd(Cdp("Page.bringToFront", json!({})))
+        .await
+        .expect("bring the page to front");
+    client
+        .perform_actions(KeyActions::new("keyboard".to_owned()).then(KeyAction::Up { value: UP }))
+        .await
+        .expect("release up");
+    let drawn = int(&hidden["stats"], "framesDrawn");
+    let back = poll_page(
+        client,
+        &format!("!document.hidden && s.framesDrawn > {drawn} + 10"),
+        10,
+    )
+    .await;
+    assert_eq!(
+        back["met"],
+        json!(true),
+        "the page did not draw again: {back}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_page_in_a_background_tab() {
+    in_chromium(&["demo", "--no-audio"], |client, served| {
+        check_background_tab(client, served).boxed()
+    })
+    .await;
+}
+
+/// What the badge says and where it is, with the take-over button (and what a tap on its centre
+/// reaches), and the controls the badge must not cover, as `[id, left, top, right, bottom]`.
+const READ_BADGE: &str = r"
+const rect = (e) => { const r = e.getBoundingClientRect(); return [e.id, r.left, r.top, r.right, r.bottom]; };
+const take = document.getElementById('takeover');
+const r = take && take.getBoundingClientRect();
+const hit = r && document.elementFromPoint((r.left + r.right) / 2, (r.top + r.bottom) / 2);
+return { text: document.getElementById('badge').textContent, badge: rect(document.getElementById('badge')),
+         tapped: hit ? hit.id || hit.textContent : null, closeCode: window.playpodInput.closeCode,
+         others: ['players', 'audio', 'stats'].map((id) => rect(document.getElementById(id))) };
+";
+
+/// A player's page that another connection replaced (4002), or that finds its player taken
+/// (4001), says so in words for someone using the page and offers to take over, also on a phone
+/// held upright: once the pod's reason for other clients ("reconnect with ?takeover=1") ran
+/// over two or three lines, under the sound button and the player choice, and a tap on
+/// "take over" reached the sound button instead.
+async fn check_taken_player(client: &Client, served: &Served) {
+    client
+        .goto(&format!("{}?player=1", served.url))
+        .await
+        .expect("open the player as player 1");
+    let ready = client
+        .execute_async(WAIT_PLAYER, vec![])
+        .await
+        .expect("wait for the player");
+    assert!(ready.get("error").is_none(), "{ready}");
+    client
+        .set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    let other = format!("{}input/1?takeover=1", served.url.replacen("http", "ws", 1));
+    let (_other, _) = tokio_tungstenite::connect_async(&other)
+        .await
+        .expect("take player 1 over");
+    let poll = |code: u16| {
+        format!(
+            "window.playpodInput.closeCode === {code} && document.getElementById('takeover') && \
+             performance.now() - t0 > 600"
+        )
+    };
+    for (code, how) in [(4002, "replaced"), (4001, "refused")] {
+        if code == 4001 {
+            client
+                .execute(
+                    "document.querySelector('#players [data-player=\"1\"]').click();",
+                    vec![],
+                )
+                .await
+                .expect("ask for player 1 again");
+        }
+        let met = poll_page(client, &poll(code), 10).await;
+        assert_eq!(
+            met["met"],
+            json!(true),
+            "no {code} with a take-over button: {met}"
+        );
+        let seen = client
+            .execute(READ_BADGE, vec![])
+            .await
+            .expect("read the badge");
+        eprintln!("{how}: {seen}");
+        let text = seen["text"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with("player 1 · ") && !text.contains("?takeover"),
+            "{how}: {seen}"
+        );
+        assert_eq!(seen["tapped"], json!("takeover"), "{how}: {seen}");
+        let n = |v: &Value, i: usize| v[i].as_f64().expect("a coordinate");
+        let badge = &seen["badge"];
+        for other in seen["others"].as_array().expect("controls") {
+            let overlap = n(badge, 1) < n(other, 3)
+                && n(other, 1) < n(badge, 3)
+                && n(badge, 2) < n(other, 4)
+                && n(other, 2) < n(badge, 4);
+            assert!(!overlap, "{how}: the badge covers {}: {seen}", other[0]);
+        }
+    }
+    client
+        .find(fantoccini::Locator::Id("takeover"))
+        .await
+        .expect("the take-over button")
+        .click()
+        .await
+        .expect("take over");
+    let back = poll_page(client, "window.playpodInput.connected", 10).await;
+    assert_eq!(back["met"], json!(true), "not player 1 again: {back}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_its_player_is_taken() {
+    in_chromium(&["demo", "--no-audio"], |client, served| {
+        check_taken_player(client, served).boxed()
     })
     .await;
 }
