@@ -180,9 +180,11 @@
   }
 
   let backoff = 250;
+  let current = null; // the open or opening socket
   function connect() {
     if (window.playpodEnded) return;
     const socket = new WebSocket(wsBase + 'audio');
+    current = socket;
     socket.binaryType = 'arraybuffer';
     socket.onopen = () => { backoff = 250; };
     socket.onmessage = (ev) => {
@@ -213,6 +215,7 @@
       }));
     };
     socket.onclose = (ev) => {
+      current = null;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;
       if (ev.code === 1000 && ev.reason === 'audio is off') {
@@ -233,6 +236,22 @@
       backoff = Math.min(backoff * 2, 5000);
     };
   }
+
+  // The video found its connection silent (nothing for 5 s): after a network change (Wi-Fi
+  // switched, a laptop asleep) this one is most likely dead too, and it cannot tell, as the pod
+  // sends nothing while the game is silent. It is replaced at once, without waiting for a
+  // closing handshake that nothing may answer.
+  window.addEventListener('playpod-silent', () => {
+    if (!current || current.readyState !== WebSocket.OPEN) return;
+    const old = current;
+    old.onclose = null; old.onmessage = null;
+    old.close(1000, 'silent');
+    current = null;
+    if (decoder && decoder.state !== 'closed') decoder.close();
+    decoder = null;
+    stats.reconnects++;
+    connect();
+  });
 
   render();
   if (!closedForGood) connect();

@@ -119,7 +119,10 @@
     return bits;
   }
 
-  let socket = null;
+  let socket = null; // the connection the keys go to
+  // A take-over connection on its way to replace `socket`, which carries the keys until it
+  // opens (see 'playpod-silent' below).
+  let successor = null;
   let lastSent = 0;
   function update() {
     const bits = keyboardBits() | gamepadBits | touchBits();
@@ -153,21 +156,36 @@
     badge.className = state.connected ? 'on' : 'off';
     for (const b of [choose1, choose2, watch]) b.classList.toggle('chosen', (b.dataset.player || null) === state.player);
   }
+  // Closes a connection without hearing from it again: a dead one never answers the closing
+  // handshake.
+  function drop(ws) {
+    ws.onopen = null; ws.onmessage = null; ws.onclose = null;
+    ws.close(1000, 'player left');
+  }
   function disconnect() {
     clearTimeout(retry);
     retry = null;
-    if (socket) { socket.onclose = null; socket.close(1000, 'player left'); socket = null; }
+    if (successor) { drop(successor); successor = null; }
+    if (socket) { drop(socket); socket = null; }
     state.connected = false;
   }
-  function connect(takeover) {
-    disconnect();
+  // `replace`: the new connection takes over from `socket`, which stays in use until it opens.
+  function connect(takeover, replace = false) {
+    if (!replace) disconnect();
     if (!state.player) { showBadge(); return; }
     if (window.playpodEnded) { state.closeReason = window.playpodEnded; showBadge(); return; }
     state.closeCode = null; state.closeReason = null;
     const ws = new WebSocket(wsBase + 'input/' + state.player + (takeover ? '?takeover=1' : ''));
-    socket = ws;
+    if (replace) successor = ws; else socket = ws;
     ws.binaryType = 'arraybuffer';
     ws.onopen = () => {
+      if (successor === ws) {
+        // The pod has released the old connection's keys and closed it (4002): from here on
+        // the keys go this way, the whole state first.
+        successor = null;
+        if (socket) drop(socket);
+        socket = ws;
+      }
       holding = true;
       backoff = 250;
       state.connected = true;
@@ -188,6 +206,12 @@
       } catch (_) { /* not ours */ }
     };
     ws.onclose = (ev) => {
+      if (successor === ws) {
+        // The replacement failed: the old connection goes too, and the page reconnects as
+        // after any break (as the controller).
+        successor = null;
+        if (socket) drop(socket);
+      }
       socket = null;
       state.connected = false;
       state.closeCode = ev.code;
@@ -215,6 +239,19 @@
     };
     showBadge();
   }
+  // The video found its connection silent (nothing for 5 s): after a network change (Wi-Fi
+  // switched, a laptop asleep) this one is most likely dead too, but it cannot tell: the pod's
+  // pings never reach the page, nothing else comes while the keys are right, and TCP gives up
+  // only minutes later, all that time swallowing the keys. So a new connection takes over the
+  // slot (the pod may not have noticed the old one die) and sends the keys held; until it
+  // opens, the keys still go the old way, in case that one was fine. The old one's end, and the
+  // pod's 4002 for it, are no news then.
+  window.addEventListener('playpod-silent', () => {
+    if (!state.player || successor || !socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.onclose = null;
+    state.reconnects++;
+    connect(true, true);
+  });
   function offerTakeover(reason) {
     const take = el('button', { type: 'button', id: 'takeover' }, 'take over');
     take.addEventListener('click', () => { take.remove(); connect(true); });

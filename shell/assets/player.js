@@ -227,6 +227,9 @@
           socket.onmessage = null;
           socket.close(4000, 'silent');
           closed({ code: 4000, reason: 'silent' });
+          // The page's other sockets went the same way, most likely, and cannot tell by
+          // themselves: the input and audio replace theirs on this.
+          window.dispatchEvent(new Event('playpod-silent'));
           return;
         }
         probeClock(socket);

@@ -1456,6 +1456,160 @@ async fn chromium_reconnects_a_silent_video_connection() {
     .await;
 }
 
+/// Before the page's own scripts: every socket of the page is kept in `window.__sockets`
+/// (`__kind`: video, audio or input; `__heard`: the messages it delivered), and `window.__deaden(s)` turns one into a
+/// connection whose network is gone without a goodbye: what the page sends or closes goes
+/// nowhere, and nothing comes back, not even a close event.
+const DEAD_SOCKETS: &str = r"
+window.__sockets = [];
+const Real = WebSocket;
+window.WebSocket = class extends Real {
+  constructor(url, protocols) {
+    super(url, protocols);
+    this.__kind = String(url).includes('/input/') ? 'input' : String(url).endsWith('/audio') ? 'audio' : 'video';
+    this.__heard = 0;
+    this.addEventListener('message', () => { if (!this.__dead) this.__heard++; });
+    window.__sockets.push(this);
+  }
+};
+for (const type of ['open', 'close', 'message', 'error']) {
+  const real = Object.getOwnPropertyDescriptor(Real.prototype, 'on' + type);
+  Object.defineProperty(window.WebSocket.prototype, 'on' + type, {
+    get() { return this['__on' + type] ?? null; },
+    set(f) {
+      this['__on' + type] = f;
+      real.set.call(this, f && ((ev) => { if (!this.__dead) f.call(this, ev); }));
+    },
+  });
+}
+window.__deaden = (s) => { s.__dead = true; s.send = () => {}; s.close = () => {}; };
+window.__socketsNow = () => window.__sockets.map((s) => ({
+  kind: s.__kind, url: s.url, readyState: s.readyState, dead: !!s.__dead, heard: s.__heard }));
+";
+
+/// A counter from the pod's `/metrics`.
+fn metric(served: &Served, name: &str) -> f64 {
+    let (status, _, body) = http_get(&served.origin(), "/metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {body}"))
+}
+
+/// After a network change (Wi-Fi switched, a laptop asleep) the page's connections can stay
+/// open on a network that is gone, and nothing closes them in time (the page cannot see the
+/// pod's pings, and TCP gives up only minutes later). The video notices (nothing for 5 s);
+/// the input and audio cannot tell by themselves, so the page replaces them along with the
+/// video: the input as its player's controller (the pod has not noticed the old connection
+/// died), sending the keys held now. Once the page went on sending its keys into the dead
+/// connection, and heard no sound again, until TCP gave up.
+async fn check_dead_input_recovers(client: &Client, served: &Served) {
+    client
+        .issue_cmd(Cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": DEAD_SOCKETS }),
+        ))
+        .await
+        .expect("add the dead sockets");
+    play_as_player_1(client, served).await;
+    let audio = poll_page(
+        client,
+        "window.__sockets.some((x) => x.__kind === 'audio' && x.__heard >= 2)",
+        10,
+    )
+    .await;
+    assert_eq!(audio["met"], json!(true), "no audio connection: {audio}");
+    let takeovers = metric(served, "playpod_input_takeovers_total");
+    // The network goes: the page's connections die without a word (the pod still holds them).
+    let sockets = client
+        .execute(
+            "window.__sockets.forEach(window.__deaden); return window.__socketsNow();",
+            vec![],
+        )
+        .await
+        .expect("kill the connections");
+    eprintln!("dead: {sockets}");
+    // Up, held from now on: the page sends it into the dead connection.
+    const UP: char = '\u{e013}';
+    client
+        .perform_actions(KeyActions::new("keyboard".to_owned()).then(KeyAction::Down { value: UP }))
+        .await
+        .expect("hold up");
+    let messages = metric(served, "playpod_input_messages_total");
+    let silent = poll_page(client, "s.reconnects > 0", 8).await;
+    let back_at = Instant::now();
+    assert_eq!(
+        silent["met"],
+        json!(true),
+        "the video did not give up its silent connection: {silent}"
+    );
+    let back = poll_page(
+        client,
+        "(() => { const i = window.playpodInput, all = window.__sockets; \
+          const last = (k) => all.filter((x) => x.__kind === k).pop(); \
+          return i.connected && !last('input').__dead && last('input').readyState === 1 \
+            && !last('audio').__dead && last('audio').__heard >= 2; })()",
+        8,
+    )
+    .await;
+    let sockets = client
+        .execute(
+            "return { sockets: window.__socketsNow(), input: window.playpodInput, \
+                      audio: window.playpodAudioStats };",
+            vec![],
+        )
+        .await
+        .expect("read the sockets");
+    eprintln!(
+        "{:.1} s after the video gave up: {back}\n{sockets}",
+        back_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        back["met"],
+        json!(true),
+        "the page did not connect its input and audio anew within 8 s: {sockets}"
+    );
+    // The new input connection took the slot over, and brought the key held.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metric(served, "playpod_input_messages_total") < messages + 1.0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(served, "playpod_input_takeovers_total"),
+        takeovers + 1.0,
+        "{sockets}"
+    );
+    assert!(
+        metric(served, "playpod_input_messages_total") >= messages + 1.0,
+        "the key held did not reach the pod: {sockets}"
+    );
+    assert_eq!(sockets["input"]["lastSent"], json!(1), "{sockets}");
+    client
+        .perform_actions(KeyActions::new("keyboard".to_owned()).then(KeyAction::Up { value: UP }))
+        .await
+        .expect("release up");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metric(served, "playpod_input_messages_total") < messages + 2.0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metric(served, "playpod_input_messages_total") >= messages + 2.0,
+        "the release did not reach the pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_recovers_input_and_audio_after_a_network_change() {
+    in_chromium(&["demo", "--scene", "pong"], |client, served| {
+        check_dead_input_recovers(client, served).boxed()
+    })
+    .await;
+}
+
 /// Counts the animation-frame callbacks the page has asked for and not yet had
 /// (`window.__frameCallbacks`).
 const COUNT_FRAME_CALLBACKS: &str = r"
