@@ -191,7 +191,7 @@ pub struct PodArgs {
     #[command(flatten)]
     pub stream: StreamArgs,
     /// X display to stream, e.g. `:0`.
-    #[arg(long, env = "DISPLAY", help_heading = POD_HEADING)]
+    #[arg(long, env = "DISPLAY", value_parser = parse_x_display, help_heading = POD_HEADING)]
     pub display: String,
     /// The framebuffer file Xvfb writes with -fbdir (DIR/Xvfb_screen0), read in place.
     #[arg(long, conflicts_with = "shmid", help_heading = POD_HEADING)]
@@ -221,8 +221,18 @@ pub const MAX_MACROBLOCKS_PER_SECOND: u64 = 2_073_600;
 
 impl StreamArgs {
     /// Checks what each flag alone cannot: that `--size` at `--fps` fits H.264 level 5.2
-    /// (a larger picture would fail at the first viewer's first frame).
+    /// (a larger picture would fail at the first viewer's first frame), and that no player's
+    /// `--input-port-N` is the `--listen` port (it would fail once the display is up).
     pub fn check(&self) -> Result<(), String> {
+        let listen = self.listen;
+        for (player, port) in [(1, self.input.input_port_1), (2, self.input.input_port_2)] {
+            if let Some(port) = port.filter(|&p| p != 0 && p == listen.port()) {
+                return Err(format!(
+                    "--input-port-{player} {port} is the port of --listen {listen}: a player's \
+                     own port must be another one (its socket is also served on --listen)"
+                ));
+            }
+        }
         let (w, h) = self.size;
         let mbs = u64::from(w).div_ceil(16) * u64::from(h).div_ceil(16);
         if mbs > MAX_MACROBLOCKS_PER_FRAME {
@@ -246,11 +256,32 @@ impl StreamArgs {
     }
 }
 
-/// Parses an X display number for the demo, `99` or `:99`.
+/// The largest X display number an X client takes: it may try TCP port 6000 + N, which must
+/// fit in 16 bits (beyond, the X library's port arithmetic overflows).
+pub const MAX_DISPLAY: u32 = 65_535 - 6000;
+
+/// Parses an X display number for the demo, `99` or `:99`, at most [`MAX_DISPLAY`].
 pub fn parse_display_number(s: &str) -> Result<u32, String> {
     let n = s.strip_prefix(':').unwrap_or(s);
-    n.parse()
-        .map_err(|_| format!("expected a display number such as 99 or :99, got {s:?}"))
+    n.parse().ok().filter(|&n| n <= MAX_DISPLAY).ok_or_else(|| {
+        format!("expected a display number such as 99 or :99, at most {MAX_DISPLAY}, got {s:?}")
+    })
+}
+
+/// Checks an X display name (`:0`, `:0.0`, `host:0`, `unix:0`, a socket's path) as the X
+/// library reads it, its display number at most [`MAX_DISPLAY`].
+pub fn parse_x_display(s: &str) -> Result<String, String> {
+    use x11rb::reexports::x11rb_protocol::parse_display;
+    // A socket's path is taken as it is: it may not exist yet (--wait-for-display).
+    let parsed = parse_display::parse_display_with_file_exists_callback(s, |_| true)
+        .map_err(|err| format!("expected an X display such as :0, got {s:?}: {err}"))?;
+    if u32::from(parsed.display) > MAX_DISPLAY {
+        return Err(format!(
+            "display number {} of {s:?} is too large: at most {MAX_DISPLAY}",
+            parsed.display
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// Parses `WxH` with both sides even and between 16 and 4096.
@@ -336,8 +367,36 @@ mod tests {
     fn the_demo_takes_its_display_with_or_without_the_colon() {
         assert_eq!(parse_display_number("99"), Ok(99));
         assert_eq!(parse_display_number(":7"), Ok(7));
-        for bad in ["", ":", "::9", "x", "-1", ":99.0"] {
+        assert_eq!(parse_display_number(":59535"), Ok(59535));
+        for bad in [
+            "",
+            ":",
+            "::9",
+            "x",
+            "-1",
+            ":99.0",
+            "59536",
+            "65536",
+            ":4294967295",
+        ] {
             assert!(parse_display_number(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_pod_takes_display_names_the_x_library_reads() {
+        for ok in [
+            ":0",
+            ":0.1",
+            "host:3",
+            "unix:0",
+            "/tmp/.X11-unix/X0",
+            ":59535",
+        ] {
+            assert_eq!(parse_x_display(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "0", "x", ":x", ":59536", "localhost:65535.0", ":70000"] {
+            assert!(parse_x_display(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -48,6 +48,8 @@ fn free_display(from: u32) -> anyhow::Result<u32> {
 struct Managed {
     name: &'static str,
     child: Child,
+    /// Its process id, kept after it has been waited for.
+    pid: Option<u32>,
     /// Copies what the child writes on stderr to ours, line by line.
     forward: Option<tokio::task::JoinHandle<()>>,
 }
@@ -62,6 +64,7 @@ impl Managed {
             .with_context(|| format!("cannot start {name}"))?;
         Ok(Self {
             name,
+            pid: child.id(),
             child,
             forward: None,
         })
@@ -174,13 +177,37 @@ fn exit_message(name: &str, status: ExitStatus, output: &XvfbOutput) -> String {
 #[error("{0}")]
 struct XvfbExited(String);
 
-/// Starts Xvfb and waits until it serves the display and its framebuffer exists.
+/// Ctrl-C, SIGTERM or SIGHUP came while the demo was starting: what had started is stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while starting")]
+struct StoppedWhileStarting;
+
+/// Removes the lock file and socket of display `n` that Xvfb `pid` left behind because it could
+/// not remove them itself (it was killed): with them, the display would look taken to the next
+/// demo. Files of another server (another pid in the lock) are left alone.
+fn remove_x_leftovers(n: u32, pid: u32) {
+    let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+    let ours = std::fs::read_to_string(&lock)
+        .is_ok_and(|text| text.trim().parse::<u32>().is_ok_and(|p| p == pid));
+    if ours {
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
+        let _ = std::fs::remove_file(&lock);
+        tracing::debug!(
+            display = n,
+            "removed the lock file and socket Xvfb left behind"
+        );
+    }
+}
+
+/// Starts Xvfb and waits until it serves the display and its framebuffer exists, or until
+/// `stop` resolves ([`StoppedWhileStarting`], Xvfb stopped).
 async fn start_xvfb(
     xvfb: &Path,
     display: u32,
     size: (u16, u16),
     fbdir: &Path,
     shmem: bool,
+    stop: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<(Managed, Framebuffer, watch::Receiver<XvfbOutput>)> {
     let mut cmd = std::process::Command::new(xvfb);
     cmd.arg(format!(":{display}"))
@@ -224,10 +251,26 @@ async fn start_xvfb(
             return Ok((managed, fb, output));
         }
         if started.elapsed() > READY_TIMEOUT {
-            managed.stop().await;
+            stop_unready(managed, &output).await;
             bail!("Xvfb did not become ready on :{display} within {READY_TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(25)) => {}
+            () = &mut *stop => {
+                stop_unready(managed, &output).await;
+                return Err(StoppedWhileStarting.into());
+            }
+        }
+    }
+}
+
+/// Stops an Xvfb that has not become ready, and removes the segment it may have announced
+/// (`-shmem` leaves it behind).
+async fn stop_unready(xvfb: Managed, output: &watch::Receiver<XvfbOutput>) {
+    xvfb.stop().await;
+    let shmid = output.borrow().shmid;
+    if let Some(id) = shmid {
+        let _ = playpod_ffi::remove_shm_segment(id);
     }
 }
 
@@ -339,7 +382,7 @@ async fn first_exit(
 pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     // Watch Ctrl-C and SIGTERM before starting anything, so that a signal at any point from here
     // on stops the children and removes the framebuffer instead of killing the process outright.
-    let stop_signal = session::shutdown_signal();
+    let mut stop_signal = std::pin::pin!(session::shutdown_signal());
     let xvfb_path = find_program("Xvfb").ok_or_else(|| {
         anyhow!("Xvfb is not installed: install it with `apt-get install xvfb` (the README's demo command does this for you)")
     })?;
@@ -373,10 +416,12 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
             args.stream.size,
             fbdir.path(),
             args.shmem,
+            &mut stop_signal,
         )
         .await
         {
             Ok(started) => break started,
+            Err(err) if err.is::<StoppedWhileStarting>() => return Ok(()),
             // Another X server (another demo started at the same moment) may have taken the
             // display we picked before our Xvfb could: try the next free one, a little later.
             Err(err) if args.display.is_none() && attempts < 5 && err.is::<XvfbExited>() => {
@@ -403,12 +448,15 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     } else {
         Some(PulseHome::new()?)
     };
-    let mut pulse = match &pulse_home {
-        Some(home) => start_pulse(home).await,
-        None => None,
-    };
+    let mut pulse = None;
 
     let result = async {
+        if let Some(home) = &pulse_home {
+            tokio::select! {
+                started = start_pulse(home) => pulse = started,
+                () = &mut stop_signal => return Ok(()),
+            }
+        }
         let (w, h) = (u32::from(args.stream.size.0), u32::from(args.stream.size.1));
         let source: Box<dyn FrameSource> = match &framebuffer {
             Framebuffer::File(path) => Box::new(FramebufferFile::open(path, w, h)?),
@@ -436,7 +484,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
         let served = {
             let shutdown = async {
                 tokio::select! {
-                    () = stop_signal => {}
+                    () = &mut stop_signal => {}
                     msg = first_exit(&mut xvfb, &mut game, &xvfb_output) => {
                         tracing::error!("{msg}");
                         died = Some(msg);
@@ -455,7 +503,11 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     }
     .await;
 
+    let xvfb_pid = xvfb.pid;
     xvfb.stop().await;
+    if let Some(pid) = xvfb_pid {
+        remove_x_leftovers(display, pid);
+    }
     if let Some(pulse) = pulse {
         pulse.stop().await;
     }

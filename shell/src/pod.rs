@@ -14,6 +14,12 @@ use crate::session::{self, Session};
 pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
     let (w, h) = (u32::from(args.stream.size.0), u32::from(args.stream.size.1));
     Ok(match (&args.framebuffer, args.shmid) {
+        // Xvfb's -fbdir names the directory; the file is in it.
+        (Some(path), _) if path.is_dir() => anyhow::bail!(
+            "--framebuffer {} is a directory: give the file Xvfb writes in it ({})",
+            path.display(),
+            path.join("Xvfb_screen0").display()
+        ),
         (Some(path), _) => Box::new(FramebufferFile::open(path, w, h)?),
         (None, Some(id)) => Box::new(FramebufferSegment::attach(id, w, h)?),
         (None, None) => Box::new(XShmSource::connect(&args.display, w, h)?),

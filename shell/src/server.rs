@@ -171,7 +171,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { not_found() })
         // A known path with another method answers as an unknown one: the same for any token.
         .method_not_allowed_fallback(|| async { not_found() })
+        .layer(axum::middleware::from_fn(undecodable_path_is_unknown))
         .with_state(state)
+}
+
+/// A path whose escapes decode to no UTF-8 text holds no token or file of ours: it answers as
+/// an unknown path, not with the 400 (naming the route's segment) of extracting its segments.
+async fn undecodable_path_is_unknown(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if decodes_to_utf8(request.uri().path()) {
+        next.run(request).await
+    } else {
+        not_found()
+    }
+}
+
+/// Whether the percent-escapes of `path` decode to UTF-8 text (a `%` not followed by two hex
+/// digits stands for itself, as the router takes it).
+fn decodes_to_utf8(path: &str) -> bool {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .is_ok()
 }
 
 /// The one answer for every unknown path and every wrong token, so a token cannot be probed.
@@ -515,6 +537,24 @@ mod tests {
             &format!(r#"{{"ping":1,"pad":"{}"}}"#, "x".repeat(200)),
         ] {
             assert_eq!(pong_reply(bad, 1), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_that_decode_to_no_text_are_told_apart() {
+        for ok in [
+            "/",
+            "/play/abc/",
+            "/play/%41%62c/",
+            "/a%2",
+            "/%zz",
+            "/%C3%A9",
+            "/%",
+        ] {
+            assert!(decodes_to_utf8(ok), "{ok}");
+        }
+        for bad in ["/%ff", "/play/%C3%28/video", "/x/%e2%82"] {
+            assert!(!decodes_to_utf8(bad), "{bad}");
         }
     }
 

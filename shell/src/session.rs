@@ -1,6 +1,7 @@
 //! One streaming session: the frame thread over a capture source, and the server in front of it.
 //! `playpod demo` and `playpod pod` both come here, so the demo exercises the game-pod path.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -325,7 +326,10 @@ pub async fn serve(
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(accept_loop(listener, app, tls, stop_rx));
-    println!("playpod: open {url}");
+    // A reader that has gone (a closed pipe) does not stop the session, as `println!` would.
+    if let Err(err) = writeln!(std::io::stdout(), "playpod: open {url}") {
+        tracing::warn!(%err, "cannot write the `playpod: open` line on stdout");
+    }
     let health = session.state.health.clone();
     let pipeline_ended = async {
         loop {

@@ -463,6 +463,36 @@ fn demo_refuses_what_it_cannot_serve_before_starting_anything() {
 }
 
 #[test]
+fn demo_refuses_a_player_port_that_is_its_own_before_starting_anything() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    for player in ["1", "2"] {
+        let mut cmd = Command::new(playpod_bin());
+        cmd.args([
+            "demo",
+            "--no-audio",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([format!("--input-port-{player}"), port.to_string()]);
+        let (status, stderr) = run_to_exit(cmd);
+        assert!(!status.success(), "{status}");
+        assert!(
+            stderr.contains(&format!(
+                "--input-port-{player} {port} is the port of --listen 127.0.0.1:{port}"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("virtual screen ready"),
+            "it started Xvfb before refusing: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn demo_on_a_taken_display_says_so() {
     let xvfb = Xvfb::start(64, 64);
     let mut cmd = Command::new(playpod_bin());
@@ -549,4 +579,109 @@ fn demo_restarts_a_sound_server_that_dies() {
         killed.elapsed().as_secs_f64()
     );
     assert!(!first.running() && second.running());
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP while the demo waits for its Xvfb to come up stops it at once,
+/// with the Xvfb it started, as at any other time: not after the 15-s start-up limit, and not
+/// as a failure. The Xvfb here never comes up.
+#[test]
+fn demo_stopped_while_its_screen_starts_stops_at_once() {
+    let bin = tempfile::tempdir().expect("temp dir");
+    let fake = bin.path().join("Xvfb");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").expect("write the stand-in Xvfb");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    for signal in ["-TERM", "-INT", "-HUP"] {
+        let dirs_before = framebuffer_dirs();
+        let mut demo = Command::new(playpod_bin())
+            .args(["demo", "--listen", "127.0.0.1:0", "--no-audio"])
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start playpod");
+        let pid = demo.id();
+        let stand_in = || {
+            Proc::all()
+                .into_iter()
+                .find(|p| p.ppid == pid && p.cmdline.iter().any(|a| a == "60") && p.state != 'Z')
+        };
+        assert!(
+            eventually(|| stand_in().is_some()),
+            "{signal}: Xvfb not started"
+        );
+        let xvfb = stand_in().expect("the stand-in Xvfb");
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let stopped = Instant::now();
+        let status = playpod_tests::exited_within(&mut demo, Duration::from_secs(10));
+        let mut stderr = String::new();
+        let _ = demo
+            .stderr
+            .take()
+            .map(|mut e| e.read_to_string(&mut stderr));
+        let status = status.unwrap_or_else(|| {
+            let _ = demo.kill();
+            panic!("{signal}: the demo still runs 10 s after the signal: {stderr}")
+        });
+        let took = stopped.elapsed();
+        eprintln!("{signal}: exited ({status}) in {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{signal}: took {took:?}: {stderr}"
+        );
+        assert!(status.success(), "{signal}: {status}: {stderr}");
+        assert!(
+            eventually(|| !xvfb.running()),
+            "{signal}: its Xvfb still runs"
+        );
+        assert!(
+            eventually(|| framebuffer_dirs().is_subset(&dirs_before)),
+            "{signal}: framebuffer directory left behind"
+        );
+    }
+}
+
+/// Xvfb killed under the demo (SIGKILL: it removes nothing): the demo exits non-zero saying so,
+/// and removes the lock file and socket Xvfb left, so that the display is free again.
+#[test]
+fn demo_whose_screen_is_killed_frees_its_display() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = 1500 + std::process::id() % 200;
+    while std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    {
+        n += 1;
+    }
+    let display = n.to_string();
+    let mut demo = Served::start(&["demo", "--no-audio", "--display", &display]);
+    let demo_pid = demo.child.id();
+    let xvfb = Proc::all()
+        .into_iter()
+        .find(|p| p.ppid == demo_pid && p.is_xvfb())
+        .expect("the demo's Xvfb");
+    let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+    assert!(lock.exists() && socket.exists());
+    let killed = Command::new("kill")
+        .args(["-KILL", &xvfb.pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = playpod_tests::exited_within(&mut demo.child, Duration::from_secs(10))
+        .expect("the demo exits when its Xvfb dies");
+    let log = demo.log();
+    assert!(!status.success(), "{status}");
+    assert!(log.contains("Xvfb exited"), "{log}");
+    assert!(
+        eventually(|| !lock.exists() && !socket.exists()),
+        "the dead Xvfb's lock file or socket is left: {} {}",
+        lock.exists(),
+        socket.exists()
+    );
 }

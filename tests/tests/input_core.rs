@@ -345,7 +345,9 @@ fn a_display_without_xtest_is_reported_clearly() {
         "{err}"
     );
     drop(guard);
+    // Killed, it removed neither its socket nor its lock file.
     let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
 
     // A display that does not exist: the error names it.
     let err = XtestInjector::connect(":999999", &Keymap::default_for(1)).unwrap_err();

@@ -37,6 +37,16 @@ fn watch(served: &Served) -> (serde_json::Value, Vec<Vec<u8>>) {
         })
 }
 
+/// Stops an Xvfb a test started itself on `display` with SIGTERM, so that it removes its lock
+/// file and socket (dropping its [`Guard`] kills it, leaving both in /tmp), and checks they are
+/// gone.
+fn stop_xvfb(mut xvfb: Guard, display: u32) {
+    playpod_ffi::terminate(xvfb.0.id()).expect("signal Xvfb");
+    playpod_tests::exited_within(&mut xvfb.0, Duration::from_secs(5)).expect("Xvfb exits");
+    let lock = format!("/tmp/.X{display}-lock");
+    assert!(!std::path::Path::new(&lock).exists(), "{lock} left behind");
+}
+
 fn check_stream(served: &Served, width: u32) {
     let (config, frames) = watch(served);
     assert_eq!(config["width"], width);
@@ -107,7 +117,7 @@ fn pod_reads_an_shmem_segment_in_place() {
     check_stream(&served, 640);
     drop(served);
     drop(game);
-    drop(xvfb);
+    stop_xvfb(xvfb, display);
     let _ = playpod_ffi::remove_shm_segment(shmid);
 }
 
@@ -123,6 +133,112 @@ fn pod_with_a_bad_framebuffer_fails_clearly() {
         "127.0.0.1:0",
     ]);
     assert!(err.contains("/nonexistent/Xvfb_screen0"), "{err}");
+    // The -fbdir directory instead of the file in it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().to_str().expect("a UTF-8 path");
+    let err = playpod_tests::playpod_fails(&[
+        "pod",
+        "--display",
+        ":0",
+        "--framebuffer",
+        dir,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        err.contains(&format!(
+            "--framebuffer {dir} is a directory: give the file Xvfb writes in it ({dir}/Xvfb_screen0)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn display_numbers_no_x_client_takes_are_refused_without_a_panic() {
+    // An X client may try TCP port 6000 + N: N above 59535 does not fit, in the pod's own
+    // display name or the demo's display number.
+    for args in [
+        &["pod", "--display", ":65535"][..],
+        &["pod", "--display", "localhost:59536.0"],
+        &["demo", "--no-audio", "--display", "65535"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--listen", "127.0.0.1:0"]);
+        let out = Command::new(playpod_tests::playpod_bin())
+            .args(&args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run playpod");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}: {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked") && stderr.contains("at most 59535"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn pod_whose_stdout_is_gone_serves_on() {
+    // Its output piped to a reader that has gone (a log collector that died): the
+    // `playpod: open` line cannot be written, and the pod serves on regardless.
+    let xvfb = Xvfb::start(320, 240);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut args = xvfb.pod_args(&["--no-pin"]);
+    args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
+    let mut child = Command::new(playpod_tests::playpod_bin())
+        .args(&args)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start playpod");
+    drop(child.stdout.take());
+    let guard_pid = child.id();
+    let answered = |path: &str| {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answered("/readyz").contains("\"ready\":true") {
+        if let Some(status) = child.try_wait().expect("wait playpod") {
+            let mut stderr = String::new();
+            let _ = child.stderr.take().map(|mut e| {
+                use std::io::Read as _;
+                e.read_to_string(&mut stderr)
+            });
+            panic!("the pod exited ({status}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "not ready within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait playpod").is_none(),
+        "the pod exited"
+    );
+    playpod_ffi::terminate(guard_pid).expect("signal playpod");
+    let status = playpod_tests::exited_within(&mut child, Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status}");
 }
 
 /// Waits (up to 10 s) for the served pod to exit by itself; its exit status and log.
@@ -215,7 +331,7 @@ fn pod_waits_for_a_display_that_comes_up_later() {
     assert!(log.contains("waiting up to 20 s for the display"), "{log}");
     assert!(log.contains("the display is up"), "{log}");
     drop(served);
-    drop(xvfb);
+    stop_xvfb(xvfb, display);
 }
 
 #[test]

@@ -240,6 +240,14 @@ async fn wrong_token_is_indistinguishable_from_an_unknown_path() {
         "/play/short/",
         "/play/",
         &format!("/play/{TOKEN}/no-such-file"),
+        // Escapes that decode to no UTF-8 text: no token, no file of ours.
+        "/play/%ff%fe/",
+        "/play/%ff",
+        "/play/%C3%28/video",
+        "/play/%ff/audio",
+        "/play/%ff/input/1",
+        &format!("/play/{TOKEN}/%ff"),
+        &format!("/play/{TOKEN}/input/%ff"),
     ] {
         assert_eq!(http_get(server.addr, path).await, unknown, "{path}");
     }

@@ -1,10 +1,11 @@
 //! `--input-port-N`: a player's input on a port of its own, as the original platform had it.
-//! A plain thread accepts, does the WebSocket handshake itself (same path, same token check),
-//! and hands the socket to the same player slot as the main port does.
+//! A plain thread accepts; each connection's WebSocket handshake (same path, same token check)
+//! runs on a short-lived thread of its own, which hands the socket to the same player slot as
+//! the main port does.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
@@ -17,6 +18,9 @@ use crate::token::token_matches;
 
 /// How long a client gets for the TLS and WebSocket handshakes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at most, each on a thread of its own (so that a client that sends
+/// nothing holds up nobody but itself); a connection beyond them is closed at once.
+const MAX_HANDSHAKES: usize = 32;
 
 /// A port listener thread; stopped and joined on drop.
 #[derive(Debug)]
@@ -82,10 +86,11 @@ fn accept_loop(
     listener: &TcpListener,
     player: u8,
     token: &str,
-    players: &Players,
+    players: &Arc<Players>,
     tls: Option<&Arc<rustls::ServerConfig>>,
     stop: &AtomicBool,
 ) {
+    let under_way = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -99,9 +104,32 @@ fn accept_loop(
                 continue;
             }
         };
-        match handshake(tcp, player, token, tls) {
-            Ok(incoming) => players.hand_off(player, incoming),
-            Err(err) => tracing::debug!(player, %err, "input handshake failed"),
+        if under_way.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
+            under_way.fetch_sub(1, Ordering::SeqCst);
+            tracing::debug!(
+                player,
+                "too many input handshakes under way: connection closed"
+            );
+            continue;
+        }
+        let (token, players, tls, done) = (
+            token.to_owned(),
+            players.clone(),
+            tls.cloned(),
+            under_way.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("input-hs-{player}"))
+            .spawn(move || {
+                match handshake(tcp, player, &token, tls.as_ref()) {
+                    Ok(incoming) => players.hand_off(player, incoming),
+                    Err(err) => tracing::debug!(player, %err, "input handshake failed"),
+                }
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(err) = spawned {
+            under_way.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(player, %err, "cannot start an input handshake thread");
         }
     }
 }
