@@ -492,6 +492,49 @@ async fn a_player_whose_network_is_gone_is_released_after_the_input_timeout() {
     rec.wait_for(&[sym::DOWN], 2).await;
 }
 
+/// Sends `sig` (such as `-STOP`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A pod stopped and continued (SIGSTOP and SIGCONT: a debugger, a frozen container, a node
+/// under memory pressure) keeps its players and their keys: the continue interrupts the player
+/// threads' reads, which must be taken up again, not taken for the end of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stopped_and_continued_keeps_its_players() {
+    let setup = Setup::start(&[]);
+    let addr = setup.addr();
+    let (mut p1, mut p2) = tokio::join!(setup.player(1), setup.player(2));
+    wait_players(addr, 2).await;
+    send_bits(&mut p1, 0b0000_0001).await; // up: W
+    let rec = &setup.recorder;
+    rec.wait_for(&[sym::W], 1).await;
+    let pid = setup.served.child.id();
+    for _ in 0..3 {
+        signal(pid, "-STOP");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        signal(pid, "-CONT");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(readyz_players(addr).await, 2, "a player was dropped");
+    assert_eq!(
+        rec.of(&[sym::W]),
+        [(true, sym::W)],
+        "the held key was released"
+    );
+    send_bits(&mut p1, 0).await;
+    send_bits(&mut p2, 0b0000_0010).await; // down: Down
+    assert_eq!(
+        rec.wait_for(&[sym::W], 2).await,
+        [(true, sym::W), (false, sym::W)]
+    );
+    rec.wait_for(&[sym::DOWN], 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_controller_per_slot_and_takeover_releases_the_old_keys() {
     let setup = Setup::start(&[]);
@@ -720,6 +763,34 @@ async fn keymaps_tokens_and_a_port_per_player() {
     let all = rec.wait_for(&[sym::I, sym::RETURN], 4).await;
     assert_eq!(all[2..], [(false, sym::I), (false, sym::RETURN)]);
     wait_players(addr, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_nothing_do_not_hold_up_a_players_own_port() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let setup = Setup::start(&["--input-port-1", &port.to_string()]);
+    let port_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Connections that never send their request (a scanner, a stalled client, on purpose or
+    // not): the player still gets in at once.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(port_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let url = format!("ws://{port_addr}/play/{TOKEN}/input/1");
+    let mut p1 = tokio::time::timeout(Duration::from_secs(3), connect(&url))
+        .await
+        .unwrap_or_else(|_| panic!("no handshake within 3 s behind idle connections"));
+    eprintln!("player 1 in after {:?}", started.elapsed());
+    send_bits(&mut p1, 0b0000_0001).await; // up: W
+    setup.recorder.wait_for(&[sym::W], 1).await;
+    drop(idle);
+    p1.close(None).await.unwrap();
+    setup.recorder.wait_for(&[sym::W], 2).await;
 }
 
 #[test]

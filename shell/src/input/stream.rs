@@ -164,7 +164,9 @@ pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
         .set_read_timeout(Some(Duration::from_secs(1)));
     loop {
         match ws.read() {
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => break,
+            Err(tungstenite::Error::Io(err)) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
             Ok(_) => {}
         }
     }
