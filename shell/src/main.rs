@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use clap::Parser;
 use playpod::cli::{Cli, Command, LogFormat};
@@ -21,7 +21,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             match log_format {
-                LogFormat::Text => eprintln!("playpod: error: {}", playpod::error_text(&err)),
+                // Not `eprintln!`: a closed stderr must not turn the error into a panic.
+                LogFormat::Text => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "playpod: error: {}",
+                        playpod::error_text(&err)
+                    );
+                }
                 // A log shipper gets the end of the command as one more JSON line.
                 LogFormat::Json => {
                     tracing::error!(error = playpod::error_text(&err), "playpod: error")
@@ -47,7 +54,10 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr piped to a reader that has gone) is lost;
+        // saying so on that same stderr would panic.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use playpod_hotpath::capture::{FrameSource, FramebufferFile, FramebufferSegment, XShmSource};
+use playpod_hotpath::capture::{
+    CaptureError, FrameSource, FramebufferFile, FramebufferSegment, XShmSource,
+};
 
 use crate::audio::AudioSource;
 use crate::cli::PodArgs;
@@ -56,6 +58,8 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
                 }
                 return Ok(opened);
             }
+            // Up, but never streamable as asked: waiting would not change it.
+            Err(err) if cannot_be_streamed(&err) => return Err(err),
             Err(err) if started.elapsed() < wait => {
                 if !said {
                     said = true;
@@ -77,6 +81,17 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Whether `err` says the display is up but can never be streamed as asked (a screen smaller
+/// than `--size`, another depth, no MIT-SHM), rather than not up yet.
+fn cannot_be_streamed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<CaptureError>(),
+            Some(CaptureError::TooSmall { .. } | CaptureError::Depth(_) | CaptureError::NoShm)
+        )
+    })
 }
 
 pub async fn run(args: PodArgs) -> anyhow::Result<()> {

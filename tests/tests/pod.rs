@@ -241,6 +241,30 @@ fn pod_whose_stdout_is_gone_serves_on() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_failure_with_stderr_gone_exits_1_not_in_a_panic() {
+    // Its log piped to a reader that has gone: the failure is still an exit status of 1.
+    let mut child = Command::new(playpod_tests::playpod_bin())
+        .args([
+            "pod",
+            "--display",
+            ":0",
+            "--framebuffer",
+            "/nonexistent/Xvfb_screen0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start playpod");
+    drop(child.stderr.take());
+    let status =
+        playpod_tests::exited_within(&mut child, Duration::from_secs(10)).expect("playpod exits");
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
 /// Waits (up to 10 s) for the served pod to exit by itself; its exit status and log.
 fn exits_by_itself(served: &mut Served) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -351,6 +375,43 @@ fn pod_gives_up_waiting_clearly() {
         err.contains("not up after waiting 1 s") && err.contains("/nonexistent/Xvfb_screen0"),
         "{err}"
     );
+}
+
+/// A display that is up but can never be streamed (a screen smaller than --size: the game
+/// container and the streamer disagree) fails at once, not after all of --wait-for-display
+/// (60 s in a session pod).
+#[test]
+fn pod_does_not_wait_for_a_display_that_is_up_but_cannot_be_streamed() {
+    let xvfb = Xvfb::start(320, 240);
+    let fb = xvfb.framebuffer();
+    let name = xvfb.name();
+    for in_place in [true, false] {
+        let mut args = vec![
+            "pod",
+            "--display",
+            &name,
+            "--size",
+            "640x480",
+            "--wait-for-display",
+            "30",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        if in_place {
+            args.extend(["--framebuffer", fb.to_str().unwrap()]);
+        }
+        let started = Instant::now();
+        let err = playpod_tests::playpod_fails(&args);
+        let took = started.elapsed();
+        assert!(
+            err.contains("the screen is 320x240, smaller than the stream's 640x480"),
+            "in place {in_place}: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "in place {in_place}: failed only after {took:?}: {err}"
+        );
+    }
 }
 
 /// The CPUs a thread named `name` of process `pid` may run on (its `Cpus_allowed_list`), once

@@ -90,8 +90,12 @@ pub async fn serve(
 
     if let Some(dir) = &args.dump_session_manifests {
         let namespace = args.namespace.as_deref().unwrap_or("playpod");
+        let mut out = std::io::stdout().lock();
         for path in manifests::dump(dir, &catalog, &config, namespace)? {
-            println!("{}", path.display());
+            // A reader that has gone (`| head -1`) ends the list, not in a panic.
+            if std::io::Write::write_fmt(&mut out, format_args!("{}\n", path.display())).is_err() {
+                break;
+            }
         }
         return Ok(());
     }
