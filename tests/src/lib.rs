@@ -181,14 +181,14 @@ pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process:
     }
 }
 
-/// A child process killed on drop.
+/// A child process stopped on drop: SIGTERM, so that it can clean up after itself (an Xvfb
+/// removes its lock file and socket), then SIGKILL if it lingers.
 #[derive(Debug)]
 pub struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop_gently(&mut self.0, Duration::from_secs(2));
     }
 }
 
