@@ -32,12 +32,24 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether display `n` is in use: its lock file names a process that runs (or cannot be read),
+/// or it has a socket but no lock file. A lock file left by a server that died is stale: Xvfb
+/// takes such a display over, lock file and socket.
 fn display_taken(n: u32) -> bool {
-    Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(pid) if pid > 0 => Path::new(&format!("/proc/{pid}")).exists(),
+            // Being written by a server starting now, or not a server's: taken.
+            _ => true,
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+        }
+        Err(_) => true,
+    }
 }
 
-/// The first display number from `from` (99 at first) with no lock file and no socket.
+/// The first display number from `from` (99 at first) that is not in use.
 fn free_display(from: u32) -> anyhow::Result<u32> {
     (from..400)
         .find(|&n| !display_taken(n))
@@ -393,7 +405,7 @@ pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let tls = crate::tls::config(&args.stream.tls, addr).await?;
     let mut display = match args.display {
         Some(n) if display_taken(n) => bail!(
-            "display :{n} is taken (a lock file or socket exists); pick another with --display N, or leave it out"
+            "display :{n} is taken (its lock file names a running process, or it has a socket); pick another with --display N, or leave it out"
         ),
         Some(n) => n,
         None => free_display(99)?,

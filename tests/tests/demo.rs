@@ -525,6 +525,47 @@ fn demo_on_a_taken_display_says_so() {
     xvfb.stop();
 }
 
+/// A display whose X server died and left its lock file and socket (a crash, a SIGKILL) is
+/// free again: the demo takes it, as Xvfb does, rather than call it taken.
+#[test]
+fn demo_takes_a_display_a_dead_server_left_behind() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = 1700 + std::process::id() % 200;
+    while std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    {
+        n += 1;
+    }
+    // The pid of a process that has exited, in the lock file as Xvfb writes it.
+    let mut gone = Command::new("true").spawn().expect("run true");
+    let dead = gone.id();
+    gone.wait().expect("wait for true");
+    let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+    std::fs::write(&lock, format!("{dead:>10}\n")).expect("write a stale lock file");
+    std::fs::create_dir_all("/tmp/.X11-unix").expect("the X socket directory");
+    std::fs::write(&socket, "").expect("leave a stale socket");
+    let display = n.to_string();
+    let mut demo = Served::start(&["demo", "--no-audio", "--display", &display]);
+    let ready = demo.get("/readyz");
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    let lock_pid = std::fs::read_to_string(&lock).expect("the demo's Xvfb's lock file");
+    assert_ne!(
+        lock_pid.trim(),
+        dead.to_string(),
+        "the stale lock file is still there"
+    );
+    let demo_pid = demo.child.id();
+    playpod_ffi::terminate(demo_pid).expect("signal the demo");
+    let status = playpod_tests::exited_within(&mut demo.child, Duration::from_secs(10))
+        .expect("the demo exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", demo.log());
+    assert!(
+        eventually(|| !lock.exists() && !socket.exists()),
+        "lock file or socket left behind"
+    );
+}
+
 /// The demo's PulseAudio killed: the demo starts another in the same place, and the capture
 /// reconnects to it (audio back to "ok", one more reconnection counted).
 #[test]
