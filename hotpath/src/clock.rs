@@ -39,9 +39,15 @@ impl FrameClock {
     }
 
     fn deadline_of(&self, frame: u64) -> Instant {
-        // u32 frames cover 2 years at 60 fps; beyond that the period multiply saturates.
-        let n = u32::try_from(frame).unwrap_or(u32::MAX);
-        self.start + self.period * n
+        // In nanoseconds: `Duration * u32` would cap the frame number at 2^32 (207 days at
+        // 240 fps), after which every deadline is the same past instant and the frame thread
+        // never sleeps again. Frame numbers follow the time that passed, so this stays near now.
+        let nanos = self.period.as_nanos() * u128::from(frame);
+        let offset = Duration::new(
+            u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX),
+            (nanos % 1_000_000_000) as u32,
+        );
+        self.start + offset
     }
 
     /// Moves every later deadline by `by`, earlier when `earlier`: how the frame thread lines
@@ -210,6 +216,23 @@ mod tests {
         let tick = clock.next_tick(t0 + Duration::from_millis(76));
         assert_eq!((tick.frame, tick.missed), (4, 0));
         assert_eq!(tick.deadline, t0 + Duration::from_millis(80));
+    }
+
+    #[test]
+    fn ticks_stay_a_period_apart_past_u32_frames() {
+        // 2^32 frames are 207 days at 240 fps, within a session's lifetime (at most a year).
+        let t0 = Instant::now();
+        let mut clock = FrameClock::new(t0, 240);
+        let p = clock.period();
+        let now = t0 + p * u32::MAX + p * 10;
+        let tick = clock.next_tick(now);
+        assert_eq!(tick.frame, u64::from(u32::MAX) + 10);
+        assert_eq!(tick.deadline, now);
+        // The next tick is a period later, in the future: the frame thread sleeps until then
+        // rather than spinning on a deadline that no longer moves.
+        let next = clock.next_tick(now);
+        assert_eq!(next.frame, tick.frame + 1);
+        assert_eq!(next.deadline, now + p);
     }
 
     #[test]

@@ -637,6 +637,70 @@ mod tests {
         assert_eq!(r.ticks(2), [false, false]);
     }
 
+    /// A 768x768 screen of new noise on every read: the hardest picture to compress.
+    struct Noise {
+        state: u64,
+        bytes: Vec<u8>,
+    }
+
+    impl FrameSource for Noise {
+        fn kind(&self) -> &'static str {
+            "noise"
+        }
+
+        fn grab(&mut self) -> Result<BgrxFrame<'_>, CaptureError> {
+            for b in &mut self.bytes {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                *b = self.state as u8;
+            }
+            Ok(BgrxFrame {
+                bytes: &self.bytes,
+                width: 768,
+                height: 768,
+                stride: 768 * 4,
+            })
+        }
+    }
+
+    #[test]
+    fn keyframes_of_noise_at_the_highest_bitrate_fit_the_ring() {
+        // The most the command line allows (--bitrate-kbps 100000): IDRs of noise are over
+        // half an uncompressed picture. One that did not fit would be dropped and asked for
+        // again, every tick, and no viewer would ever start.
+        let settings = EncoderSettings {
+            width: 768,
+            height: 768,
+            fps: 60,
+            bitrate_bps: 100_000_000,
+        };
+        let source = Noise {
+            state: 0x2545_f491_4f6c_dd1d,
+            bytes: vec![0; 768 * 768 * 4],
+        };
+        let (mut stage, ring, stats) = FrameStage::with_ring(
+            Box::new(source),
+            Box::new(Openh264Encoder::new(settings).unwrap()),
+            settings,
+        );
+        for n in 0..12 {
+            if n % 5 == 0 {
+                ring.request_keyframe();
+            }
+            let report = stage.run_once(Instant::now(), unix_micros()).unwrap();
+            assert!(
+                report.seq.is_some(),
+                "frame {n}: {} bytes (keyframe: {}) do not fit slots of {}",
+                report.bytes,
+                report.keyframe,
+                ring.slot_bytes()
+            );
+        }
+        assert_eq!(stats.frames_dropped_oversize.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.keyframes.load(Ordering::Relaxed), 3);
+    }
+
     #[test]
     fn run_once_always_makes_a_frame() {
         let mut r = rig(None);

@@ -26,12 +26,14 @@ pub struct RingConfig {
 
 impl RingConfig {
     /// Sizes for a `width` x `height` stream: 16 slots (a quarter second at 60 fps) each as
-    /// large as half an uncompressed I420 picture, far above any access unit at sane bitrates.
+    /// large as an uncompressed I420 picture. An IDR of noise at the highest bitrate the
+    /// command line allows (100 Mbit/s) takes 0.6 of that: a keyframe that did not fit would be
+    /// dropped and asked for again on every tick, and no viewer could ever start.
     pub fn for_picture(width: u32, height: u32) -> Self {
         let raw = width as usize * height as usize * 3 / 2;
         Self {
             slots: 16,
-            slot_bytes: (raw / 2).max(64 * 1024),
+            slot_bytes: raw.max(64 * 1024),
             max_readers: 1024,
         }
     }
@@ -129,7 +131,9 @@ impl Ring {
                 len: AtomicUsize::new(0),
                 keyframe: AtomicBool::new(false),
                 capture_us: AtomicU64::new(0),
-                words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                // Zeroed by the allocator, not written: a slot's pages take memory only once
+                // an access unit as large reaches them.
+                words: bytemuck::zeroed_slice_box(words),
             })
             .collect();
         let places = (0..config.max_readers)
@@ -329,11 +333,15 @@ impl RingReader {
         loop {
             let published = s.published.load(Ordering::Acquire);
             if *next >= published {
-                return if s.closed.load(Ordering::Acquire) {
-                    ReadOutcome::Closed
-                } else {
-                    ReadOutcome::Empty
-                };
+                if !s.closed.load(Ordering::Acquire) {
+                    return ReadOutcome::Empty;
+                }
+                // The writer may have published its last frames between the two loads; once
+                // `closed` is seen, every frame it published is seen too.
+                if *next >= s.published.load(Ordering::Acquire) {
+                    return ReadOutcome::Closed;
+                }
+                continue;
             }
             if published - *next > s.slots.len() as u64 {
                 lag(next, need_keyframe, published);
@@ -559,6 +567,30 @@ mod tests {
         drop(w);
         assert!(read(&mut r).is_some());
         assert_eq!(r.try_read(&mut Vec::new()), ReadOutcome::Closed);
+    }
+
+    #[test]
+    fn closed_only_once_the_last_frame_is_read() {
+        // The writer publishes its last frame and goes while the reader looks: the reader must
+        // get that frame before it is told the stream has ended.
+        for round in 0..40_000 {
+            let (ring, mut w) = Ring::new(small());
+            let mut r = ring.subscribe().unwrap();
+            let writer = std::thread::spawn(move || {
+                w.publish(true, 0, b"last").unwrap();
+            });
+            let mut out = Vec::new();
+            let mut frames = 0;
+            loop {
+                match r.try_read(&mut out) {
+                    ReadOutcome::Frame(_) => frames += 1,
+                    ReadOutcome::Empty => std::hint::spin_loop(),
+                    ReadOutcome::Closed => break,
+                }
+            }
+            writer.join().unwrap();
+            assert_eq!(frames, 1, "round {round}: the last frame was lost");
+        }
     }
 
     #[test]
