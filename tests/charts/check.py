@@ -62,6 +62,8 @@ API_CLIENTS = [
      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shop-backend"}}},
     {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "lobby"}}},
 ]
+# Clients that are no pods (a LoadBalancer's, a NodePort's): an ipBlock peer.
+API_CLIENT_ADDRESSES = {"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}
 
 # (chart, scenario, release name, values, run checkov on it)
 SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
@@ -80,7 +82,8 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], bool]] = [
                           "labelValue": "games", "folder": "Games"},
             "gpuTimeSlicing": {"enabled": True, "namespace": "nvidia-device-plugin", "replicas": 8},
             "nodeSelector": {"kubernetes.io/os": "linux"},
-            "networkPolicy": {"apiClients": API_CLIENTS},
+            "service": {"type": "LoadBalancer"},
+            "networkPolicy": {"apiClients": [*API_CLIENTS, API_CLIENT_ADDRESSES]},
             "sessions": {
                 "publicUrl": "https://play.example.com",
                 "ingress": {"tlsSecretName": "play-tls"},
@@ -193,6 +196,16 @@ MUST_FAIL: list[tuple[str, dict[str, Any], str | list[str]]] = [
     ("playpod", {"networkPolicy": {"apiClients": [{}]}}, "/networkPolicy/apiClients/0"),
     ("playpod", {"networkPolicy": {"apiClients": [{"podSelector": {"matchLabel": {"app": "x"}}}]}}, "matchLabel"),
     ("playpod", {"networkPolicy": {"apiClients": {"podSelector": {}}}}, "apiClients"),
+    ("playpod", {"networkPolicy": {"apiClients": [{**API_CLIENT_ADDRESSES, "podSelector": {}}]}},
+     "/networkPolicy/apiClients/0"),
+    # What `playpod control` refuses at start (config.rs): the chart must refuse it too, or an
+    # upgrade (strategy Recreate) replaces a working control plane with one that cannot start.
+    ("playpod", {"games": [{"name": "pong", "image": "x"}, {"name": "pong", "image": "y"}]}, "listed twice"),
+    ("playpod", {"games": [{"name": "pong", "image": " "}]}, "/games/0/image"),
+    ("playpod", {"sessions": {"streamer": {"image": " "}}}, "/sessions/streamer/image"),
+    ("playpod", {"sessions": {"maxSessions": 4294967296}}, "maxSessions"),
+    ("playpod", {"sessions": {"idleMinutes": 4294967296}}, "idleMinutes"),
+    ("playpod", {"sessions": {"startupGraceSeconds": 4294967296}}, "startupGraceSeconds"),
 ]
 
 # How each playpod scenario's dashboard ConfigMap must look: None (not rendered), or
@@ -645,6 +658,61 @@ def api_clients(report: Report, scenario: str, docs: list[dict[str, Any]], name:
                  diff(expected, rules))
 
 
+def retry_policy(root: pathlib.Path) -> tuple[int, float, int, int]:
+    """(attempts, backoff in seconds, timeout in seconds, list timeout factor) of the control
+    plane's Kubernetes API calls (shell/src/control/plane.rs, RetryPolicy::default)."""
+    text = (root / "shell" / "src" / "control" / "plane.rs").read_text()
+
+    def number(pattern: str) -> int:
+        found = re.search(pattern, text)
+        assert found, f"plane.rs has no {pattern!r}"
+        return int(found.group(1))
+    return (number(r"attempts: (\d+),"), number(r"backoff: Duration::from_millis\((\d+)\)") / 1000,
+            number(r"timeout: Duration::from_secs\((\d+)\)"), number(r"LIST_TIMEOUT_FACTOR: u32 = (\d+);"))
+
+
+def control_plane_lifecycle(report: Report, root: pathlib.Path, scenario: str, docs: list[dict[str, Any]]) -> None:
+    """The control plane opens its port only once it has listed the session pods (each attempt of
+    that list may take LIST_TIMEOUT_FACTOR times the call timeout): the kubelet must not kill it
+    while it waits. On SIGTERM it finishes the creations in flight (three calls, each up to the
+    call timeout) before it exits: the kubelet must not kill it half-way either."""
+    attempts, backoff, timeout, factor = retry_policy(root)
+    rebuild = attempts * timeout * factor + backoff * sum(range(attempts))
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        spec = d["spec"]["template"]["spec"]
+        control = next(c for c in spec["containers"] if c["name"] == "control")
+        probe = control.get("startupProbe") or control.get("livenessProbe") or {}
+        allowed = (probe.get("initialDelaySeconds", 0)
+                   + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3))
+        report.check(allowed >= rebuild + 10,
+                     f"playpod [{scenario}]: the control plane's probes allow its start-up list of sessions "
+                     f"({rebuild:g} s at most)",
+                     f"{'startupProbe' if 'startupProbe' in control else 'livenessProbe'}={probe} "
+                     f"kills it after {allowed} s")
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        report.check(grace >= 3 * timeout + 10,
+                     f"playpod [{scenario}]: terminationGracePeriodSeconds {grace} lets a creation in flight "
+                     f"finish (3 calls of up to {timeout} s)",
+                     f"{grace} s < {3 * timeout + 10} s")
+
+
+def token_change_restarts(report: Report, root: pathlib.Path) -> None:
+    """The control plane reads the API token from its environment at start: a new token (in the
+    Secret the chart makes) must roll its pod, and the same token must not."""
+    def template(token: str) -> Any:
+        manifests = helm.Chart.load(root / "charts" / "playpod").render(
+            {"apiToken": {"value": token}}, name="playpod", namespace=NAMESPACE, is_install=True)
+        docs = [d for path, text in manifests.items() if not path.endswith("NOTES.txt") for d in docs_of(text)]
+        return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    first, again, other = (template("token-one-0123456789"), template("token-one-0123456789"),
+                           template("token-two-0123456789"))
+    report.check(first == again and first != other,
+                 "playpod: a new apiToken.value rolls the control plane's pod, the same one does not",
+                 f"same token same template: {first == again}; new token new template: {first != other}")
+
+
 def notes(root: pathlib.Path, chart: str, release: str, values: dict[str, Any]) -> str:
     manifests = helm.Chart.load(root / "charts" / chart).render(values, name=release, namespace=NAMESPACE,
                                                                  is_install=True)
@@ -729,8 +797,13 @@ def main() -> int:
         if ("playpod", "default") in rendered:
             api_clients(report, "default", rendered[("playpod", "default")], "playpod", [])
         if ("playpod", "full") in rendered:
-            api_clients(report, "full", rendered[("playpod", "full")], "games-playpod", API_CLIENTS)
+            api_clients(report, "full", rendered[("playpod", "full")], "games-playpod",
+                        [*API_CLIENTS, API_CLIENT_ADDRESSES])
         notes_name_api_clients(report, root)
+        for scenario in ("default", "full"):
+            if ("playpod", scenario) in rendered:
+                control_plane_lifecycle(report, root, scenario, rendered[("playpod", scenario)])
+        token_change_restarts(report, root)
 
         if ("playpod-session", "default") in rendered and dumps.get("default"):
             same_session_objects(report, rendered[("playpod-session", "default")], dumps["default"])

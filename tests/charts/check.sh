@@ -3,7 +3,9 @@
 #   - the Helm v4 engine (PyPI helm-python-sdk): `lint` (strict) and `render` of several value sets,
 #     plus renders that must fail (missing randomPath, bad token, unknown game, unknown values,
 #     malformed resource quantities, no base for session URLs, malformed tolerations, affinity or
-#     API clients);
+#     API clients, what `playpod control` refuses at start);
+#   - the control plane's Deployment: its probes allow the start-up list of sessions, its grace
+#     period a creation in flight, and a new API token rolls its pod;
 #   - where session pods run (nodeSelector, tolerations merged with the GPU one, affinity), the same
 #     from both charts; the API's NetworkPolicy peers (networkPolicy.apiClients) and install notes;
 #   - the session objects the control plane builds, dumped by
