@@ -181,6 +181,15 @@ pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process:
     }
 }
 
+/// Sends signal `sig` (as `kill` names it, e.g. `-STOP`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
 /// A child process stopped on drop: SIGTERM, so that it can clean up after itself (an Xvfb
 /// removes its lock file and socket), then SIGKILL if it lingers.
 #[derive(Debug)]

@@ -950,23 +950,15 @@ struct Stopped(u32);
 
 impl Stopped {
     fn new(pid: u32) -> Self {
-        signal(pid, "-STOP");
+        playpod_tests::signal(pid, "-STOP");
         Self(pid)
     }
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        signal(self.0, "-CONT");
+        playpod_tests::signal(self.0, "-CONT");
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid}");
 }
 
 /// A paused game: the pod sends a frame a second, and the overlay says the picture is still

@@ -492,15 +492,6 @@ async fn a_player_whose_network_is_gone_is_released_after_the_input_timeout() {
     rec.wait_for(&[sym::DOWN], 2).await;
 }
 
-/// Sends `sig` (such as `-STOP`) to process `pid`.
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
 /// A pod stopped and continued (SIGSTOP and SIGCONT: a debugger, a frozen container, a node
 /// under memory pressure) keeps its players and their keys: the continue interrupts the player
 /// threads' reads, which must be taken up again, not taken for the end of the connection.
@@ -515,9 +506,9 @@ async fn a_pod_stopped_and_continued_keeps_its_players() {
     rec.wait_for(&[sym::W], 1).await;
     let pid = setup.served.child.id();
     for _ in 0..3 {
-        signal(pid, "-STOP");
+        playpod_tests::signal(pid, "-STOP");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        signal(pid, "-CONT");
+        playpod_tests::signal(pid, "-CONT");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(readyz_players(addr).await, 2, "a player was dropped");
