@@ -713,6 +713,21 @@ def token_change_restarts(report: Report, root: pathlib.Path) -> None:
                  f"same token same template: {first == again}; new token new template: {first != other}")
 
 
+def release_names(report: Report, root: pathlib.Path) -> None:
+    """A release name that cannot name a Service (DNS-1035: a letter first, no dots) is refused
+    with the reason, rather than rendering objects the API server rejects."""
+    for chart, values in [("playpod", {}), ("playpod-session", {"randomPath": DUMP_TOKEN})]:
+        for name, good in [("pong-1", True), ("1st-game", False), ("pong.one", False)]:
+            what = f"{chart}: release name {name!r} {'renders' if good else 'is refused'}"
+            try:
+                helm.Chart.load(root / "charts" / chart).render(values, name=name, namespace=NAMESPACE,
+                                                                 is_install=True)
+            except helm.HelmError as e:
+                report.check(not good and "must start with a letter" in str(e), what, str(e))
+                continue
+            report.check(good, what, "it rendered")
+
+
 def notes(root: pathlib.Path, chart: str, release: str, values: dict[str, Any]) -> str:
     manifests = helm.Chart.load(root / "charts" / chart).render(values, name=release, namespace=NAMESPACE,
                                                                  is_install=True)
@@ -744,6 +759,7 @@ def main() -> int:
 
     lint(report, root)
     must_fail(report, root)
+    release_names(report, root)
 
     with tempfile.TemporaryDirectory(prefix="playpod-charts-") as tmp:
         work = args.keep or pathlib.Path(tmp)

@@ -1,4 +1,7 @@
 {{- define "session.name" -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .Release.Name) -}}
+{{- fail (printf "release name %q names the session's Service: it must start with a letter and hold only a-z, 0-9 and - (no dots)" .Release.Name) -}}
+{{- end -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 

@@ -1,5 +1,8 @@
 {{/* The name of the chart's objects: <release>-playpod, or the release name if it holds "playpod". */}}
 {{- define "playpod.fullname" -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .Release.Name) -}}
+{{- fail (printf "release name %q names the control plane's Service: it must start with a letter and hold only a-z, 0-9 and - (no dots)" .Release.Name) -}}
+{{- end -}}
 {{- if contains "playpod" .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
