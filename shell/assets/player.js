@@ -121,7 +121,9 @@
     }
     latencies.push((nowMicros() + clockOffsetUs - frame.timestamp) / 1000);
     if (latencies.length > 120) latencies.shift();
-    if (pending) { pending.close(); stats.droppedFrames++; }
+    // A frame replaced before it was drawn is dropped, unless the page is hidden: then none is
+    // drawn, as none is seen.
+    if (pending) { pending.close(); if (!document.hidden) stats.droppedFrames++; }
     pending = frame;
     if (!drawAsked) {
       drawAsked = true;

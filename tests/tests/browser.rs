@@ -1641,6 +1641,10 @@ async fn check_background_tab(client: &Client, served: &Served) {
         .await
         .expect("read the input");
     assert_eq!(held, json!(1), "up held: {held}");
+    let before = client
+        .execute("return window.playpodStats;", vec![])
+        .await
+        .expect("read the stats");
     // A new tab in front hides this one.
     client
         .issue_cmd(Cdp("Target.createTarget", json!({ "url": "about:blank" })))
@@ -1666,6 +1670,12 @@ async fn check_background_tab(client: &Client, served: &Served) {
         int(&hidden, "callbacks") <= 2,
         "{} drawing callbacks waiting: {hidden}",
         hidden["callbacks"]
+    );
+    // Frames decoded while hidden are not drawn, and not counted as dropped either.
+    let dropped = int(&hidden["stats"], "droppedFrames") - int(&before, "droppedFrames");
+    assert!(
+        dropped <= 2,
+        "{dropped} frames counted as dropped while hidden: {hidden}"
     );
     client
         .issue_cmd(Cdp("Page.bringToFront", json!({})))
