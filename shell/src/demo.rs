@@ -32,19 +32,29 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+fn x_lock(n: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X{n}-lock"))
+}
+
+fn x_socket(n: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X11-unix/X{n}"))
+}
+
+/// The process id in display `n`'s lock file: `None` where the file holds none (a server
+/// starting now is writing it, or it is not a server's); an error where there is no such file.
+fn lock_pid(n: u32) -> std::io::Result<Option<u32>> {
+    let text = std::fs::read_to_string(x_lock(n))?;
+    Ok(text.trim().parse::<u32>().ok().filter(|&pid| pid > 0))
+}
+
 /// Whether display `n` is in use: its lock file names a process that runs (or cannot be read),
 /// or it has a socket but no lock file. A lock file left by a server that died is stale: Xvfb
 /// takes such a display over, lock file and socket.
 fn display_taken(n: u32) -> bool {
-    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
-        Ok(text) => match text.trim().parse::<u32>() {
-            Ok(pid) if pid > 0 => Path::new(&format!("/proc/{pid}")).exists(),
-            // Being written by a server starting now, or not a server's: taken.
-            _ => true,
-        },
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-        }
+    match lock_pid(n) {
+        Ok(Some(pid)) => Path::new(&format!("/proc/{pid}")).exists(),
+        Ok(None) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => x_socket(n).exists(),
         Err(_) => true,
     }
 }
@@ -198,12 +208,9 @@ struct StoppedWhileStarting;
 /// not remove them itself (it was killed): with them, the display would look taken to the next
 /// demo. Files of another server (another pid in the lock) are left alone.
 fn remove_x_leftovers(n: u32, pid: u32) {
-    let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
-    let ours = std::fs::read_to_string(&lock)
-        .is_ok_and(|text| text.trim().parse::<u32>().is_ok_and(|p| p == pid));
-    if ours {
-        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
-        let _ = std::fs::remove_file(&lock);
+    if lock_pid(n).is_ok_and(|owner| owner == Some(pid)) {
+        let _ = std::fs::remove_file(x_socket(n));
+        let _ = std::fs::remove_file(x_lock(n));
         tracing::debug!(
             display = n,
             "removed the lock file and socket Xvfb left behind"

@@ -20,6 +20,7 @@ pub mod plane;
 pub mod probe;
 pub mod session;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +94,7 @@ pub async fn serve(
         let mut out = std::io::stdout().lock();
         for path in manifests::dump(dir, &catalog, &config, namespace)? {
             // A reader that has gone (`| head -1`) ends the list, not in a panic.
-            if std::io::Write::write_fmt(&mut out, format_args!("{}\n", path.display())).is_err() {
+            if writeln!(out, "{}", path.display()).is_err() {
                 break;
             }
         }

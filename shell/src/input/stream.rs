@@ -56,21 +56,33 @@ impl PlayerStream {
     }
 }
 
+/// Runs `op` again while it is interrupted. A read or write with a timeout (SO_RCVTIMEO,
+/// SO_SNDTIMEO) is not restarted after a signal, nor after the process was stopped and continued
+/// (SIGSTOP, SIGCONT); nothing was read or written then, and the connection is fine.
+fn uninterrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}
+
 impl Read for PlayerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
+        uninterrupted(|| match self {
             PlayerStream::Plain(s) => s.read(buf),
             PlayerStream::Tls(s) => s.read(buf),
-        }
+        })
     }
 }
 
 impl Write for PlayerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
+        uninterrupted(|| match self {
             PlayerStream::Plain(s) => s.write(buf),
             PlayerStream::Tls(s) => s.write(buf),
-        }
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -164,9 +176,7 @@ pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
         .set_read_timeout(Some(Duration::from_secs(1)));
     loop {
         match ws.read() {
-            Ok(Message::Close(_)) => break,
-            Err(tungstenite::Error::Io(err)) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => {}
         }
     }

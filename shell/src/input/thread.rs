@@ -190,9 +190,6 @@ fn play(
     loop {
         let msg = match ws.read() {
             Ok(msg) => msg,
-            // A read with a timeout is not restarted after a signal, nor after the process was
-            // stopped and continued (SIGSTOP, SIGCONT): nothing was lost, read again.
-            Err(tungstenite::Error::Io(err)) if err.kind() == IoErrorKind::Interrupted => continue,
             Err(tungstenite::Error::Io(err))
                 if matches!(err.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) =>
             {
