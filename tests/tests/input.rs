@@ -731,6 +731,23 @@ async fn keymaps_tokens_and_a_port_per_player() {
 
     // Player 2 on its own port, through the same slot.
     let port_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Requests that are no handshake get the main port's answer, not a closed connection.
+    let path = format!("/play/{TOKEN}/input/2");
+    assert_eq!(
+        http_get(port_addr, &path).await,
+        http_get(addr, &path).await
+    );
+    let (status, body) = http_request(
+        port_addr,
+        &format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (405, "only GET opens a WebSocket\n")
+    );
+    let (status, body) = http_request(port_addr, "\x16\x03\x01 not http\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (400, "malformed HTTP request\n"));
     assert_eq!(
         upgrade_request(port_addr, &format!("/play/{wrong}/input/2")).await,
         unknown

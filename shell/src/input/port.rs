@@ -3,17 +3,20 @@
 //! runs on a short-lived thread of its own, which hands the socket to the same player slot as
 //! the main port does.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tungstenite::HandshakeError;
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode, header};
+use tungstenite::protocol::{Role, WebSocket};
 
 use super::Players;
 use super::stream::{Incoming, PlayerStream, ws_config};
-use super::upgrade::{parse_player, wants_takeover};
+use super::upgrade::{parse_player, refusal, wants_takeover};
 use crate::token::token_matches;
 
 /// How long a client gets for the TLS and WebSocket handshakes.
@@ -135,7 +138,8 @@ fn accept_loop(
 }
 
 /// Answers the WebSocket handshake on `tcp` if the path is `/play/TOKEN/input/PLAYER`, else a
-/// 404 like the main port's for any unknown path.
+/// 404 like the main port's for any unknown path; a request that is no WebSocket handshake gets
+/// the main port's 400 (or 405, 426) with the reason.
 fn handshake(
     tcp: TcpStream,
     player: u8,
@@ -145,7 +149,7 @@ fn handshake(
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     tcp.set_nodelay(true)?;
-    let stream = match tls {
+    let mut stream = match tls {
         None => PlayerStream::Plain(tcp),
         Some(config) => PlayerStream::Tls(Box::new(rustls::StreamOwned::new(
             rustls::ServerConnection::new(config.clone())?,
@@ -158,9 +162,61 @@ fn handshake(
         player,
         takeover: &mut takeover,
     };
-    let ws = tungstenite::accept_hdr_with_config(stream, callback, Some(ws_config()))
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    // The handshake borrows the stream so that a request that is no handshake at all (a plain
+    // GET, say) can still be answered on it: tungstenite closes those without a word.
+    match tungstenite::accept_hdr_with_config(&mut stream, callback, Some(ws_config())) {
+        // Done: nothing was read beyond the request (tungstenite refuses bytes after it).
+        Ok(_) => {}
+        Err(HandshakeError::Failure(err)) => {
+            if let Some((status, why)) = refusal_of(&err) {
+                let _ = write_refusal(&mut stream, status, why);
+            }
+            anyhow::bail!("{err}");
+        }
+        Err(err) => anyhow::bail!("{err}"),
+    }
+    let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(ws_config()));
     Ok(Incoming::from_ws(ws, takeover)?)
+}
+
+/// The answer to a request that is not a WebSocket handshake, as the main port gives it.
+fn refusal_of(err: &tungstenite::Error) -> Option<(StatusCode, &'static str)> {
+    use tungstenite::error::ProtocolError as P;
+    let tungstenite::Error::Protocol(err) = err else {
+        return None;
+    };
+    Some(match err {
+        P::WrongHttpMethod => (StatusCode::METHOD_NOT_ALLOWED, "only GET opens a WebSocket"),
+        P::WrongHttpVersion => (StatusCode::UPGRADE_REQUIRED, refusal::NOT_HTTP_1_1),
+        P::MissingConnectionUpgradeHeader => {
+            (StatusCode::BAD_REQUEST, refusal::NO_CONNECTION_UPGRADE)
+        }
+        P::MissingUpgradeWebSocketHeader => {
+            (StatusCode::BAD_REQUEST, refusal::NO_UPGRADE_WEBSOCKET)
+        }
+        P::MissingSecWebSocketVersionHeader => (StatusCode::BAD_REQUEST, refusal::VERSION),
+        P::MissingSecWebSocketKey => (StatusCode::BAD_REQUEST, refusal::NO_KEY),
+        P::HttparseError(_) | P::JunkAfterRequest => {
+            (StatusCode::BAD_REQUEST, "malformed HTTP request")
+        }
+        _ => return None,
+    })
+}
+
+/// Writes a plain-text HTTP answer and flushes it; the connection closes after it.
+fn write_refusal(stream: &mut PlayerStream, status: StatusCode, why: &str) -> std::io::Result<()> {
+    let allow = if status == StatusCode::METHOD_NOT_ALLOWED {
+        "Allow: GET\r\n"
+    } else {
+        ""
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\n{allow}\r\n{why}\n",
+        why.len() + 1,
+    )?;
+    stream.flush()
 }
 
 /// The handshake's check of the request: the path, and whether it asks to take over.

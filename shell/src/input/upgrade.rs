@@ -39,26 +39,38 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
+/// Why a request is not a WebSocket opening handshake, in the words both the main port and a
+/// player's own port answer with (400, with `Sec-WebSocket-Version: 13`).
+pub mod refusal {
+    pub const NO_CONNECTION_UPGRADE: &str =
+        "expected a WebSocket upgrade: the Connection header does not include 'upgrade'";
+    pub const NO_UPGRADE_WEBSOCKET: &str =
+        "expected a WebSocket upgrade: the Upgrade header is not 'websocket'";
+    pub const VERSION: &str = "unsupported WebSocket version: Sec-WebSocket-Version must be 13";
+    pub const NO_KEY: &str = "the Sec-WebSocket-Key header is missing";
+    /// Answered with 426: the request cannot switch protocols at all.
+    pub const NOT_HTTP_1_1: &str =
+        "this connection cannot be upgraded to a WebSocket (HTTP/1.1 is needed)";
+}
+
 /// Checks a WebSocket opening handshake (RFC 6455 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` value, or the reason it is not one.
 pub fn check_handshake(headers: &HeaderMap) -> Result<String, &'static str> {
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(
-            "expected a WebSocket upgrade: the Connection header does not include 'upgrade'",
-        );
+        return Err(refusal::NO_CONNECTION_UPGRADE);
     }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
-        return Err("expected a WebSocket upgrade: the Upgrade header is not 'websocket'");
+        return Err(refusal::NO_UPGRADE_WEBSOCKET);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return Err("unsupported WebSocket version: Sec-WebSocket-Version must be 13");
+        return Err(refusal::VERSION);
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or("the Sec-WebSocket-Key header is missing")?;
+        .ok_or(refusal::NO_KEY)?;
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
@@ -99,7 +111,7 @@ pub async fn input_socket(
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (
             StatusCode::UPGRADE_REQUIRED,
-            "this connection cannot be upgraded to a WebSocket (HTTP/1.1 is needed)\n",
+            format!("{}\n", refusal::NOT_HTTP_1_1),
         )
             .into_response();
     };
