@@ -208,7 +208,8 @@ pub struct PodArgs {
     pub pulse_source: String,
     /// Wait up to this many seconds for the display (and the framebuffer, if given) to
     /// appear, instead of failing at once: in a game pod the streamer starts beside the game,
-    /// which starts Xvfb.
+    /// which starts Xvfb. An X server that takes the connection but never answers (hung or
+    /// stopped) is given up on 10 s after that.
     #[arg(long, value_name = "SECONDS", default_value_t = 0, help_heading = POD_HEADING)]
     pub wait_for_display: u32,
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use playpod_hotpath::capture::{
     CaptureError, FrameSource, FramebufferFile, FramebufferSegment, XShmSource,
 };
@@ -41,11 +42,10 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
     tracing::info!(display = %args.display, %capture, "opening the display");
     let mut said = false;
     loop {
-        let opened = open_source(args).and_then(|source| {
-            let watch = DisplayWatch::start(&args.display, !args.stream.every_frame)?;
-            Ok((source, watch))
-        });
-        match opened {
+        // Past --wait-for-display, an attempt still under way (a server that took the
+        // connection and never answers) gets ATTEMPT_GRACE more, then the pod gives up.
+        let deadline = (started + wait).max(Instant::now()) + ATTEMPT_GRACE;
+        match attempt(args, deadline).await {
             Ok(opened) => {
                 if said {
                     let waited_ms = started.elapsed().as_millis() as u64;
@@ -80,6 +80,43 @@ async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, D
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// How long an attempt at opening the display may outlast `--wait-for-display`.
+const ATTEMPT_GRACE: Duration = Duration::from_secs(10);
+
+type Opened = (Box<dyn FrameSource>, DisplayWatch);
+
+/// One attempt at opening the capture source and watching the display, on a thread of its own:
+/// connecting to an X server blocks, and a server that takes the connection but never answers
+/// (hung, or stopped) would hold it, and with it the stop signals, for good. An attempt not
+/// done by `deadline` is given up on; its thread ends with the process.
+async fn attempt(args: &PodArgs, deadline: Instant) -> anyhow::Result<Opened> {
+    let begun = Instant::now();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_args = args.clone();
+    std::thread::Builder::new()
+        .name("playpod-open".into())
+        .spawn(move || {
+            let opened = open_source(&thread_args).and_then(|source| {
+                let watch =
+                    DisplayWatch::start(&thread_args.display, !thread_args.stream.every_frame)?;
+                Ok((source, watch))
+            });
+            // The pod may have stopped waiting: then this opening is dropped here.
+            let _ = tx.send(opened);
+        })
+        .context("cannot start a thread to open the display")?;
+    match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(_)) => anyhow::bail!("opening the display failed (its thread ended early)"),
+        Err(_) => anyhow::bail!(
+            "X display {} takes connections but does not answer (a hung or stopped X server?): \
+             gave up after {} s",
+            args.display,
+            deadline.saturating_duration_since(begun).as_secs()
+        ),
     }
 }
 

@@ -143,6 +143,11 @@ impl Xvfb {
         args
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server with SIGTERM (killed if it has not exited within 5 s), so that it
     /// removes its lock file and socket, which dropping it (SIGKILL) leaves behind.
     pub fn stop(self) {

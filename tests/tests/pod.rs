@@ -377,6 +377,55 @@ fn pod_gives_up_waiting_clearly() {
     );
 }
 
+/// An X server that takes connections but never answers (here a real Xvfb stopped with
+/// SIGSTOP; a hung one looks the same): a pod waiting for it still stops at once on SIGTERM,
+/// and without a signal it gives up with the reason once --wait-for-display (and a grace for
+/// the attempt under way) has passed, rather than hanging for good.
+#[test]
+fn pod_facing_a_stopped_x_server_stops_on_a_signal_and_gives_up_clearly() {
+    let xvfb = Xvfb::start(320, 240);
+    let name = xvfb.name();
+    playpod_tests::signal(xvfb.pid(), "-STOP");
+    let pod = |wait: &str| {
+        Command::new(playpod_tests::playpod_bin())
+            .args(["pod", "--display", &name, "--size", "320x240", "--no-audio"])
+            .args(["--listen", "127.0.0.1:0", "--wait-for-display", wait])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start playpod pod")
+    };
+
+    let mut waiting = Guard(pod("60"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiting.0.try_wait().unwrap().is_none(),
+        "the pod did not wait for its display"
+    );
+    let asked = Instant::now();
+    playpod_tests::signal(waiting.0.id(), "-TERM");
+    let status = playpod_tests::exited_within(&mut waiting.0, Duration::from_secs(5))
+        .expect("the pod did not stop within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
+
+    let started = Instant::now();
+    let out = pod("1").wait_with_output().expect("wait for playpod pod");
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "X display {name} takes connections but does not answer"
+        )),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
+    eprintln!("gave up after {took:?}");
+    playpod_tests::signal(xvfb.pid(), "-CONT");
+    xvfb.stop();
+}
+
 /// A display that is up but can never be streamed (a screen smaller than --size: the game
 /// container and the streamer disagree) fails at once, not after all of --wait-for-display
 /// (60 s in a session pod).
