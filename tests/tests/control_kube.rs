@@ -311,6 +311,52 @@ async fn server_errors_are_retried_then_given_up() {
     assert_eq!(plane.list().len(), 1);
 }
 
+/// Thousands of sessions are listed a page at a time (the API server's `limit` and `continue`),
+/// so that neither it nor the control plane holds every session pod as one answer; the pages
+/// make one view.
+#[tokio::test]
+async fn thousands_of_session_pods_are_listed_a_page_at_a_time() {
+    const SESSIONS: usize = 1234;
+    let api = FakeApi::start().await;
+    let first = plane(&api, Arc::new(FakeProbe::default()), 5000);
+    let made = first.create("pong").await.unwrap();
+    drop(first);
+    let template = api.object("pods", &name(&made)).unwrap();
+    api.remove("pods", &name(&made));
+    eprintln!(
+        "one session pod as the control plane applies it: {} bytes of JSON",
+        serde_json::to_vec(&template).unwrap().len()
+    );
+    let mut ids: Vec<String> = (1..=SESSIONS).map(|i| format!("{i:016x}")).collect();
+    for id in &ids {
+        let mut pod = template.clone();
+        pod["metadata"]["name"] = json!(manifests::object_name(id));
+        pod["metadata"]["labels"]["playpod.io/session"] = json!(id);
+        api.insert("pods", pod);
+    }
+
+    let plane = plane(&api, Arc::new(FakeProbe::default()), 5000);
+    api.clear_requests();
+    assert_eq!(plane.rebuild().await.unwrap(), SESSIONS);
+    let pages: Vec<_> = api
+        .requests()
+        .into_iter()
+        .map(|r| {
+            assert_eq!((r.method, r.resource.as_str()), (Method::GET, "pods"));
+            (
+                r.query.get("limit").cloned(),
+                r.query.get("continue").cloned(),
+            )
+        })
+        .collect();
+    let page = |from: Option<&str>| (Some("500".to_owned()), from.map(str::to_owned));
+    assert_eq!(pages, [page(None), page(Some("500")), page(Some("1000"))]);
+    let mut listed: Vec<String> = plane.list().into_iter().map(|v| v.id).collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+}
+
 #[tokio::test]
 async fn a_restarted_control_plane_rebuilds_its_view_from_labels() {
     let api = FakeApi::start().await;

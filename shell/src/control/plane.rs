@@ -26,9 +26,12 @@ use super::session::{Session, SessionView};
 /// Streamers the reaper asks for their readiness at the same time.
 pub const PROBES_AT_ONCE: usize = 64;
 
-/// The list of every session pod may take this many times [`RetryPolicy::timeout`]: it grows
-/// with the number of sessions (and the API server itself ends a request after a minute).
+/// A page of the list of session pods may take this many times [`RetryPolicy::timeout`] (the
+/// API server itself ends a request after a minute).
 pub const LIST_TIMEOUT_FACTOR: u32 = 2;
+
+/// Session pods in one page of their list.
+pub const LIST_PAGE: u32 = 500;
 
 /// How long a Kubernetes API call may take, and how transient failures (5xx, 429, transport, no
 /// answer in time) are retried.
@@ -238,6 +241,28 @@ impl ControlPlane {
             .ok_or_else(|| unknown_session(id))
     }
 
+    /// Adds a listed pod's session to `found`, unless it is being deleted; a pod labelled as a
+    /// session that does not read as one is counted and passed over.
+    fn take_listed(&self, pod: &Pod, found: &mut BTreeMap<String, Session>) {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        match Session::from_pod(pod) {
+            Ok(session) => {
+                found.insert(session.spec.id.clone(), session);
+            }
+            Err(why) => {
+                tracing::warn!(%why, "ignoring a pod labelled as a session");
+                self.metrics
+                    .errors
+                    .get_or_create(&super::metrics::KindLabel {
+                        kind: "bad_session_pod",
+                    })
+                    .inc();
+            }
+        }
+    }
+
     /// Replaces the view with what the cluster holds: every pod labelled as a session of this
     /// control plane and not being deleted. Sessions created or deleted through this control
     /// plane while the list was in flight stay created or deleted. Returns how many sessions
@@ -250,33 +275,32 @@ impl ControlPlane {
         };
         let _rebuilding = Rebuilding(self);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let params = ListParams::default().labels(SESSION_SELECTOR);
-        let (pods, params) = (&pods, &params);
-        let list = self
-            .call(
-                "list session pods",
-                self.retry.timeout * LIST_TIMEOUT_FACTOR,
-                move || pods.list(params),
-            )
-            .await?;
         let mut found = BTreeMap::new();
-        for pod in &list.items {
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
+        // A page at a time, each read into sessions (a small part of a Pod) before the next:
+        // thousands of session pods are never one answer, in the API server or here. The pages
+        // are one consistent list: the continue token carries its resource version.
+        let mut next: Option<String> = None;
+        loop {
+            let mut params = ListParams::default()
+                .labels(SESSION_SELECTOR)
+                .limit(LIST_PAGE);
+            if let Some(token) = next.take() {
+                params = params.continue_token(&token);
             }
-            match Session::from_pod(pod) {
-                Ok(session) => {
-                    found.insert(session.spec.id.clone(), session);
-                }
-                Err(why) => {
-                    tracing::warn!(%why, "ignoring a pod labelled as a session");
-                    self.metrics
-                        .errors
-                        .get_or_create(&super::metrics::KindLabel {
-                            kind: "bad_session_pod",
-                        })
-                        .inc();
-                }
+            let (pods, params) = (&pods, &params);
+            let page = self
+                .call(
+                    "list session pods",
+                    self.retry.timeout * LIST_TIMEOUT_FACTOR,
+                    move || pods.list(params),
+                )
+                .await?;
+            for pod in &page.items {
+                self.take_listed(pod, &mut found);
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => next = Some(token),
+                _ => break,
             }
         }
         let mut state = self.lock();

@@ -403,9 +403,26 @@ fn answer(
                 "services" => "ServiceList",
                 _ => "IngressList",
             };
+            // Pages as the API server makes them: `limit` items, then a continue token (here
+            // the offset of the next item) while more are left.
+            let from = match query.get("continue").map(|c| c.parse::<usize>()) {
+                None => 0,
+                Some(Ok(from)) => from,
+                Some(Err(_)) => return status(400, "BadRequest", "bad continue token"),
+            };
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|&l| l > 0)
+                .unwrap_or(usize::MAX);
+            let end = from.saturating_add(limit).min(items.len());
+            let mut metadata = json!({"resourceVersion": "1"});
+            if end < items.len() {
+                metadata["continue"] = json!(end.to_string());
+            }
+            let page = items.get(from..end).unwrap_or_default();
             axum::Json(json!({
-                "apiVersion": "v1", "kind": kind,
-                "metadata": {"resourceVersion": "1"}, "items": items
+                "apiVersion": "v1", "kind": kind, "metadata": metadata, "items": page
             }))
             .into_response()
         }
