@@ -27,6 +27,8 @@
   const state = (window.playpodInput = {
     player: null, connected: false, bits: 0, sent: 0, lastSent: null, errors: 0, lastError: null,
     closeCode: null, closeReason: null, reconnects: 0, gamepads: 0, touch: false, keyboard: null,
+    // The pod's reason while the keys cannot reach the game (4003), until a connection holds.
+    trouble: null,
   });
 
   const bit = (key) => 1 << KEYS.indexOf(key);
@@ -150,9 +152,14 @@
   // is still down.
   let holding = false;
   function showBadge() {
-    if (!state.player) { badge.textContent = 'spectator'; badge.className = ''; return; }
-    const status = state.connected ? 'connected' : (state.closeReason && !retry ? state.closeReason : 'connecting…');
+    if (!state.player) { badge.textContent = 'spectator'; badge.title = ''; badge.className = ''; return; }
+    let status = 'connecting…';
+    if (state.connected) status = 'connected';
+    else if (state.closeReason && !retry) status = state.closeReason;
+    // The pod's own words name its display and X extensions: they go in the tooltip.
+    else if (state.trouble) status = 'keys not reaching the game · retrying…';
     badge.textContent = `player ${state.player} · ${status}`;
+    badge.title = state.connected ? '' : (state.trouble || '');
     badge.className = state.connected ? 'on' : 'off';
     for (const b of [choose1, choose2, watch]) b.classList.toggle('chosen', (b.dataset.player || null) === state.player);
   }
@@ -189,6 +196,7 @@
       holding = true;
       backoff = 250;
       state.connected = true;
+      state.trouble = null;
       lastSent = 0; // the server starts with no key held
       showBadge();
       update();
@@ -216,6 +224,10 @@
       state.connected = false;
       state.closeCode = ev.code;
       state.closeReason = ev.reason || null;
+      if (ev.code === 4003) {
+        state.trouble = ev.reason || "the game's display cannot be reached";
+        console.warn('input:', state.trouble);
+      }
       // The game has ended (4004): stay off for good. The slot has a controller (4001) or
       // another page took it over (4002): stay off until the user asks. Anything else
       // reconnects with backoff.
@@ -266,6 +278,7 @@
     history.replaceState(null, '', url);
     releaseAll();
     holding = false;
+    state.trouble = null;
     connect(takeover);
     pad.hidden = !(state.player && coarse && coarse.matches);
     state.touch = !pad.hidden;

@@ -1242,6 +1242,52 @@ async fn chromium_says_when_the_game_has_ended() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_when_keys_cannot_reach_the_game() {
+    // A display without XTEST: the pod streams it, but closes every input connection with 4003
+    // and its reason. The player sees the game and, on the badge, that the keys do not reach
+    // it (the pod's words in the tooltip), not an endless "connecting".
+    let xvfb = Xvfb::start_with(320, 240, &["-extension", "XTEST"]);
+    in_chromium_with(pod_on(&xvfb), move |client, served| {
+        async move {
+            client
+                .goto(&format!("{}?player=1", served.url))
+                .await
+                .expect("open the player");
+            let seen = poll_page(
+                client,
+                "s && s.framesDecoded > 0 && window.playpodInput.closeCode === 4003 \
+                 && document.getElementById('badge').textContent.includes('retrying')",
+                15,
+            )
+            .await;
+            let badge = client
+                .execute(
+                    "const b = document.getElementById('badge'); \
+                     return { text: b.textContent, title: b.title, input: window.playpodInput };",
+                    vec![],
+                )
+                .await
+                .expect("read the badge");
+            eprintln!("keys refused: {seen} {badge}");
+            assert_eq!(seen["met"], true, "{seen} {badge}");
+            assert_eq!(
+                badge["text"], "player 1 · keys not reaching the game · retrying…",
+                "{badge}"
+            );
+            let title = badge["title"].as_str().unwrap_or_default();
+            assert!(
+                title.contains("display") && title.contains("XTEST"),
+                "{badge}"
+            );
+            assert_eq!(badge["input"]["connected"], false, "{badge}");
+        }
+        .boxed()
+    })
+    .await;
+    drop(xvfb);
+}
+
 /// Answers 404 to every HTTP request on `listener` until `stop`: an address whose route is gone.
 fn answer_404(
     listener: std::net::TcpListener,

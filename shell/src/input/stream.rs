@@ -1,6 +1,7 @@
 //! A player's socket once it has left tokio: a blocking TCP stream, plain or TLS, and the
 //! WebSocket over it.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -147,17 +148,28 @@ impl Incoming {
 /// The most a close frame's reason may hold (RFC 6455: 125 bytes of payload, 2 of them the code).
 pub const MAX_CLOSE_REASON: usize = 123;
 
-/// `reason` cut to what a close frame holds, at a character boundary: a longer one makes the
-/// frame invalid, and the peer would see no close frame at all (the log has the whole text).
-pub fn close_reason(reason: &str) -> &str {
+/// `reason` cut to what a close frame holds: a longer one makes the frame invalid, and the peer
+/// would see no close frame at all (the log has the whole text). A cut one ends at a word, with
+/// an ellipsis, so that what the page shows reads as cut rather than as garbled.
+pub fn close_reason(reason: &str) -> Cow<'_, str> {
+    const MORE: &str = "…";
     if reason.len() <= MAX_CLOSE_REASON {
-        return reason;
+        return Cow::Borrowed(reason);
     }
-    let mut end = MAX_CLOSE_REASON;
+    let mut end = MAX_CLOSE_REASON - MORE.len();
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    &reason[..end]
+    let head = &reason[..end];
+    // At the last space, unless that throws most of it away (one long word).
+    let head = match head.rfind(' ') {
+        Some(space) if space >= end / 2 => &head[..space],
+        _ => head,
+    };
+    Cow::Owned(format!(
+        "{}{MORE}",
+        head.trim_end_matches([' ', ',', ':', ';', '('])
+    ))
 }
 
 /// Sends a close frame and waits (at most a second) for the peer's, so that the browser sees
@@ -165,7 +177,7 @@ pub fn close_reason(reason: &str) -> &str {
 pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: close_reason(reason).into(),
+        reason: close_reason(reason).into_owned().into(),
     };
     if ws.close(Some(frame)).is_err() {
         return;
@@ -190,11 +202,22 @@ mod tests {
     #[test]
     fn close_reasons_fit_a_close_frame() {
         assert_eq!(close_reason("the game has ended"), "the game has ended");
-        let long = "é".repeat(100); // 200 bytes, two per character
+        let long = "é".repeat(100); // 200 bytes, two per character, no space
         let cut = close_reason(&long);
         assert!(cut.len() <= MAX_CLOSE_REASON && cut.len() >= MAX_CLOSE_REASON - 1);
-        assert!(long.starts_with(cut));
+        let kept = cut.strip_suffix('…').expect("an ellipsis");
+        assert!(long.starts_with(kept), "{cut}");
         let exact = "x".repeat(MAX_CLOSE_REASON);
         assert_eq!(close_reason(&exact), exact);
+        // Words are not cut in two.
+        let words = "the X display :42 lacks the XTEST extension, which injects the players' \
+                     keys (Xvfb has it unless started with -extension XTEST), said twice";
+        let cut = close_reason(words);
+        assert!(cut.len() <= MAX_CLOSE_REASON, "{cut}");
+        assert_eq!(
+            cut,
+            "the X display :42 lacks the XTEST extension, which injects the players' keys \
+             (Xvfb has it unless started with…"
+        );
     }
 }

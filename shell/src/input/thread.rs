@@ -151,10 +151,8 @@ fn serve(
         Err(err) => {
             stats.display_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(player, display = %config.display, %err, "cannot send keys to the display");
-            return End::Display(format!(
-                "cannot reach the game's display {}: {err}",
-                config.display
-            ));
+            // The error names the display where it matters; the log has it in any case.
+            return End::Display(format!("keys cannot reach the game: {err}"));
         }
     };
     let mut input = PlayerInput::new(injector);
