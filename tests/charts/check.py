@@ -698,19 +698,87 @@ def control_plane_lifecycle(report: Report, root: pathlib.Path, scenario: str, d
                      f"{grace} s < {3 * timeout + 10} s")
 
 
-def token_change_restarts(report: Report, root: pathlib.Path) -> None:
-    """The control plane reads the API token from its environment at start: a new token (in the
-    Secret the chart makes) must roll its pod, and the same token must not."""
-    def template(token: str) -> Any:
+# Where the control plane reads its API token (charts/playpod/templates/deployment.yaml).
+API_TOKEN_DIR = "/var/run/secrets/playpod"
+
+
+def api_token_file(report: Report, scenario: str, docs: list[dict[str, Any]], secret: str) -> None:
+    """The control plane reads its API token from the Secret mounted as a volume
+    (`--api-token-file`), which the kubelet updates in place when the Secret changes: the whole
+    volume mounted (a subPath would never be updated), read-only, the file readable by the
+    control plane's user (group fsGroup) and no one else; the token is in no environment variable."""
+    what = f"playpod [{scenario}]: the API token is the file {API_TOKEN_DIR}/token of Secret {secret}"
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    if len(deployments) != 1:
+        report.fail(what, f"found {len(deployments)} Deployments")
+        return
+    spec = deployments[0]["spec"]["template"]["spec"]
+    control = next(c for c in spec["containers"] if c["name"] == "control")
+    args = control.get("args", [])
+    flag = (args[args.index("--api-token-file") + 1] if "--api-token-file" in args[:-1] else None)
+    report.check(flag == f"{API_TOKEN_DIR}/token" and "--api-token" not in args,
+                 f"{what}: passed as --api-token-file", json.dumps(args))
+    env = control.get("env") or []
+    secret_env = [e["name"] for e in env if "secretKeyRef" in (e.get("valueFrom") or {})
+                  or e["name"].startswith("PLAYPOD_API_TOKEN")]
+    report.check(not secret_env and not control.get("envFrom"),
+                 f"{what}: no token in the environment", json.dumps(env))
+    mounts = [m for m in control.get("volumeMounts", []) if m.get("mountPath") == API_TOKEN_DIR]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    volume = volumes.get(mounts[0]["name"], {}) if len(mounts) == 1 else {}
+    source = volume.get("secret") or {}
+    report.check(len(mounts) == 1 and mounts[0].get("readOnly") is True and "subPath" not in mounts[0]
+                 and "subPathExpr" not in mounts[0],
+                 f"{what}: the whole volume mounted read-only (no subPath: the kubelet updates it)",
+                 json.dumps(mounts))
+    report.check(source.get("secretName") == secret and source.get("items") == [{"key": "token", "path": "token"}]
+                 and not source.get("optional"),
+                 f"{what}: the volume holds the Secret's key `token` as `token`", json.dumps(volume))
+    mode = source.get("defaultMode")
+    security = spec.get("securityContext") or {}
+    user = control.get("securityContext", {}).get("runAsUser", security.get("runAsUser"))
+    report.check(mode == 0o440 and security.get("fsGroup") is not None and user not in (None, 0),
+                 f"{what}: mode 0440, readable through fsGroup by the non-root user",
+                 f"defaultMode={mode!r} fsGroup={security.get('fsGroup')!r} runAsUser={user!r}")
+    annotations = deployments[0]["spec"]["template"]["metadata"].get("annotations") or {}
+    report.check("checksum/api-token" not in annotations,
+                 f"playpod [{scenario}]: no checksum of the token on the pod (a rotation restarts nothing)",
+                 json.dumps(annotations))
+    owned = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == secret]
+    report.check(len(owned) == (0 if scenario.startswith("existing-secret") else 1)
+                 and all("token" in (d.get("data") or {}) for d in owned),
+                 f"playpod [{scenario}]: Secret {secret} {'is not' if not owned else 'is'} made by the chart"
+                 f"{', with its key `token`' if owned else ''}",
+                 json.dumps([d["metadata"] for d in owned]))
+
+
+def control_flags_exist(report: Report, playpod: str, scenario: str, docs: list[dict[str, Any]]) -> None:
+    """Every flag the Deployment passes to `playpod control` is one the binary has."""
+    what = f"playpod [{scenario}]: every flag of the control container is in `playpod control --help`"
+    run = subprocess.run([playpod, "control", "--help"], capture_output=True, text=True, check=False)
+    known = set(re.findall(r"--[a-z][a-z0-9-]*", run.stdout))
+    control = next(c for d in docs if d["kind"] == "Deployment"
+                   for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "control")
+    flags = [a for a in control.get("args", []) if a.startswith("--")]
+    unknown = [f for f in flags if f not in known]
+    report.check(run.returncode == 0 and bool(flags) and not unknown, f"{what} ({len(flags)} flags)",
+                 f"exit {run.returncode}, unknown: {unknown} {run.stderr[-500:]}")
+
+
+def token_change_restarts_nothing(report: Report, root: pathlib.Path) -> None:
+    """The control plane reads the API token again when its mounted Secret changes: a new token
+    changes the Secret only, not the Deployment's pod template (which would roll the pod)."""
+    def render_token(token: str) -> tuple[Any, Any]:
         manifests = helm.Chart.load(root / "charts" / "playpod").render(
             {"apiToken": {"value": token}}, name="playpod", namespace=NAMESPACE, is_install=True)
         docs = [d for path, text in manifests.items() if not path.endswith("NOTES.txt") for d in docs_of(text)]
-        return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
-    first, again, other = (template("token-one-0123456789"), template("token-one-0123456789"),
-                           template("token-two-0123456789"))
-    report.check(first == again and first != other,
-                 "playpod: a new apiToken.value rolls the control plane's pod, the same one does not",
-                 f"same token same template: {first == again}; new token new template: {first != other}")
+        template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+        secret = next(d for d in docs if d["kind"] == "Secret")["data"]
+        return template, secret
+    (first, secret_one), (other, secret_two) = render_token("token-one-0123456789"), render_token("token-two-0123456789")
+    report.check(first == other and secret_one != secret_two,
+                 "playpod: a new apiToken.value changes the Secret, not the pod template (no restart)",
+                 f"same template: {first == other}; new Secret data: {secret_one != secret_two}")
 
 
 def release_names(report: Report, root: pathlib.Path) -> None:
@@ -819,7 +887,12 @@ def main() -> int:
         for scenario in ("default", "full"):
             if ("playpod", scenario) in rendered:
                 control_plane_lifecycle(report, root, scenario, rendered[("playpod", scenario)])
-        token_change_restarts(report, root)
+        token_change_restarts_nothing(report, root)
+        for scenario, secret in (("default", "playpod-api"), ("full", "games-playpod-api"),
+                                 ("existing-secret-no-networkpolicy", "my-api-token")):
+            if ("playpod", scenario) in rendered:
+                api_token_file(report, scenario, rendered[("playpod", scenario)], secret)
+                control_flags_exist(report, args.playpod, scenario, rendered[("playpod", scenario)])
 
         if ("playpod-session", "default") in rendered and dumps.get("default"):
             same_session_objects(report, rendered[("playpod-session", "default")], dumps["default"])

@@ -5,7 +5,9 @@
 #     malformed resource quantities, no base for session URLs, malformed tolerations, affinity or
 #     API clients, what `playpod control` refuses at start);
 #   - the control plane's Deployment: its probes allow the start-up list of sessions, its grace
-#     period a creation in flight, and a new API token rolls its pod;
+#     period a creation in flight; it reads the API token from its Secret mounted as a volume
+#     (--api-token-file, the whole volume, read-only, readable by its user only), so a new token
+#     changes the Secret and rolls no pod;
 #   - where session pods run (nodeSelector, tolerations merged with the GPU one, affinity), the same
 #     from both charts; the API's NetworkPolicy peers (networkPolicy.apiClients) and install notes;
 #   - the session objects the control plane builds, dumped by

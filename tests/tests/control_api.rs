@@ -497,6 +497,9 @@ fn args(listen: SocketAddr) -> playpod::control::ControlArgs {
     playpod::control::ControlArgs {
         listen,
         api_token: Some(TOKEN.to_owned()),
+        api_token_file: None,
+        api_token_grace: playpod::control::api_token::ROTATION_GRACE,
+        api_token_poll: playpod::control::api_token::POLL_INTERVAL,
         kubeconfig: None,
         namespace: None,
         catalog: None,
@@ -679,4 +682,285 @@ async fn playpod_control_refuses_bad_setups() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("absent.json"), "{err:#}");
+}
+
+/// The kubelet's update of a Secret volume in `dir`: the files go into a new directory, the
+/// `..data` symlink is swapped to it atomically, and `token` resolves through `..data/token`.
+fn kubelet_write(dir: &std::path::Path, generation: u32, token: &str) {
+    let data = format!("..2026_01_01_00_00_0{generation}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    std::fs::write(dir.join(&data).join("token"), format!("{token}\n")).unwrap();
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if generation == 0 {
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+    } else {
+        let old = format!("..2026_01_01_00_00_0{}", generation - 1);
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+impl Harness {
+    /// The status of `GET /api/games` with `token`.
+    async fn status_with(&self, token: &str) -> StatusCode {
+        self.call(Method::GET, "/api/games", Some(token), None, "")
+            .await
+            .status
+    }
+
+    /// Whether `GET /api/games` with `token` answers `want` within 30 s.
+    async fn until_status(&self, token: &str, want: StatusCode) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.status_with(token).await == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Whether /metrics shows `needle` within 30 s.
+    async fn until_metric(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.metrics().await.contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+/// A child process that is killed if the test ends before waiting for it.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `playpod control` binary with `--api-token-file` on a Secret volume laid out as the
+/// kubelet does: it takes the file's token, and takes the new one when the file changes (the
+/// kubelet's `..data` swap, a rewrite in place, a file renamed over it) without a restart,
+/// accepting the replaced token for the grace period; a file that goes bad or missing keeps the
+/// last good token. No token reaches the log.
+#[tokio::test]
+async fn the_control_binary_reloads_its_token_file() {
+    const A: &str = "rotation-a-0123456789abcdef";
+    const B: &str = "rotation-b-0123456789abcdef";
+    const C: &str = "rotation-c-0123456789abcdef";
+    const D: &str = "rotation-d-0123456789abcdef";
+    const E: &str = "rotation-e-0123456789abcdef";
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake_kubeconfig(dir.path(), &api);
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    kubelet_write(&secret, 0, A);
+    let token_file = secret.join("token");
+    let port = free_port();
+    let mut child = Running(Some(
+        std::process::Command::new(playpod_tests::playpod_bin())
+            .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--api-token-file")
+            .arg(&token_file)
+            .env_remove("PLAYPOD_API_TOKEN")
+            .env_remove("PLAYPOD_API_TOKEN_FILE")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start playpod control"),
+    ));
+    let h = Harness {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        api,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    assert!(
+        answers_ok(&format!("http://127.0.0.1:{port}/healthz")).await,
+        "playpod control did not come up"
+    );
+    assert_eq!(h.status_with(A).await, StatusCode::OK);
+    assert_eq!(h.status_with(B).await, StatusCode::UNAUTHORIZED);
+
+    // The kubelet's atomic swap: the new token is taken, the old one kept for the grace period.
+    kubelet_write(&secret, 1, B);
+    assert!(h.until_status(B, StatusCode::OK).await, "B not taken");
+    assert_eq!(h.status_with(A).await, StatusCode::OK, "A within its grace");
+
+    // A rewrite in place (through the symlinks): only the token replaced last keeps its grace.
+    std::fs::write(&token_file, C).unwrap();
+    assert!(h.until_status(C, StatusCode::OK).await, "C not taken");
+    assert_eq!(h.status_with(B).await, StatusCode::OK, "B within its grace");
+    assert_eq!(h.status_with(A).await, StatusCode::UNAUTHORIZED);
+
+    // A new file renamed over the path.
+    let new = dir.path().join("token.new");
+    std::fs::write(&new, format!("{D}\n")).unwrap();
+    std::fs::rename(&new, &token_file).unwrap();
+    assert!(h.until_status(D, StatusCode::OK).await, "D not taken");
+    assert_eq!(h.status_with(B).await, StatusCode::UNAUTHORIZED);
+    assert!(
+        h.until_metric("api_token_reloads_total{result=\"ok\"} 3")
+            .await
+    );
+
+    // An invalid token, then no file at all: D stays in use.
+    std::fs::write(&token_file, "not a token\n").unwrap();
+    assert!(
+        h.until_metric("api_token_reloads_total{result=\"invalid\"} 1")
+            .await
+    );
+    assert_eq!(h.status_with(D).await, StatusCode::OK);
+    std::fs::remove_file(&token_file).unwrap();
+    assert!(
+        h.until_metric("api_token_reloads_total{result=\"invalid\"} 2")
+            .await
+    );
+    assert_eq!(h.status_with(D).await, StatusCode::OK);
+    assert_eq!(h.status_with("not a token").await, StatusCode::UNAUTHORIZED);
+    // A valid file again.
+    std::fs::write(&token_file, E).unwrap();
+    assert!(h.until_status(E, StatusCode::OK).await, "E not taken");
+
+    let mut child = child.0.take().unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(log.matches("API token reloaded").count(), 4, "{log}");
+    assert_eq!(
+        log.matches("the last good token stays in use").count(),
+        2,
+        "one warning per change: {log}"
+    );
+    assert!(log.contains("it is missing"), "{log}");
+    for token in [A, B, C, D, E] {
+        assert!(!log.contains(token), "the log shows a token: {log}");
+    }
+}
+
+/// With a short grace period (set by the library's callers only), the replaced token is refused
+/// once it has passed, while the new one goes on working.
+#[tokio::test]
+async fn a_replaced_token_is_refused_after_the_grace_period() {
+    const A: &str = "grace-a-0123456789abcdef";
+    const B: &str = "grace-b-0123456789abcdef";
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{A}\n")).unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut a = args(listen);
+    a.api_token = None;
+    a.api_token_file = Some(token_file.clone());
+    a.api_token_grace = std::time::Duration::from_secs(1);
+    a.api_token_poll = std::time::Duration::from_millis(100);
+    a.kubeconfig = Some(fake_kubeconfig(dir.path(), &api));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(playpod::control::serve(a, async {
+        let _ = stopped.await;
+    }));
+    let h = Harness {
+        addr: listen,
+        api,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    assert!(answers_ok(&format!("http://{listen}/healthz")).await);
+    assert_eq!(h.status_with(A).await, StatusCode::OK);
+
+    let new = dir.path().join("token.new");
+    std::fs::write(&new, B).unwrap();
+    std::fs::rename(&new, &token_file).unwrap();
+    assert!(h.until_status(B, StatusCode::OK).await, "B not taken");
+    assert!(
+        h.until_status(A, StatusCode::UNAUTHORIZED).await,
+        "A still accepted after its grace"
+    );
+    assert_eq!(h.status_with(B).await, StatusCode::OK);
+
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// `playpod control` with the given arguments and no token in its environment: it must fail;
+/// returns what it wrote on stderr.
+fn control_fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(playpod_tests::playpod_bin())
+        .arg("control")
+        .args(args)
+        .env_remove("PLAYPOD_API_TOKEN")
+        .env_remove("PLAYPOD_API_TOKEN_FILE")
+        .output()
+        .expect("run playpod control");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "playpod control {args:?} succeeded: {stderr}"
+    );
+    stderr
+}
+
+/// A token file that is missing, empty or invalid at start stops the control plane with an error
+/// naming the file (before it reaches for a cluster); both token flags, or neither, are refused.
+#[test]
+fn the_control_binary_refuses_a_bad_token_file_or_both_token_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = std::ffi::OsStr::new("--api-token-file");
+    let missing = dir.path().join("absent-token");
+    let err = control_fails(&[flag, missing.as_os_str()]);
+    assert!(
+        err.contains("API token file")
+            && err.contains("absent-token")
+            && err.contains("cannot open"),
+        "{err}"
+    );
+
+    let file = dir.path().join("token");
+    for (content, needle) in [
+        ("\n", "empty"),
+        ("short\n", "16 to 128 characters"),
+        ("0123456789abcdef/0123\n", "A-Z a-z 0-9 - _"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let err = control_fails(&[flag, file.as_os_str()]);
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(needle),
+            "{content:?}: {err}"
+        );
+    }
+
+    std::fs::write(&file, TOKEN).unwrap();
+    let err = control_fails(&[
+        "--api-token".as_ref(),
+        TOKEN.as_ref(),
+        flag,
+        file.as_os_str(),
+    ]);
+    assert!(
+        err.contains("--api-token <API_TOKEN>") && err.contains("--api-token-file <FILE>"),
+        "{err}"
+    );
+    let err = control_fails(&[]);
+    assert!(
+        err.contains("--api-token") && err.contains("--api-token-file"),
+        "{err}"
+    );
 }

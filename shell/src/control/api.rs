@@ -1,5 +1,6 @@
 //! The control plane's HTTP API. Everything under `/api` needs `Authorization: Bearer <token>`,
-//! compared in constant time; errors are `{"error":"..."}` with a 4xx/5xx status.
+//! compared in constant time (with the token replaced last, for a while after a reload of
+//! `--api-token-file`: see [`super::api_token`]); errors are `{"error":"..."}` with a 4xx/5xx status.
 //!
 //! - `GET /api/games` the catalog
 //! - `POST /api/sessions` `{"game":"pong"}` -> 201 `{"id","url","token","expiresAt",...}`
@@ -19,6 +20,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::api_token::ApiToken;
 use super::error::{Error, Result};
 use super::manifests::is_session_id;
 use super::plane::ControlPlane;
@@ -29,7 +31,7 @@ pub const MAX_BODY: usize = 4096;
 #[derive(Debug, Clone)]
 struct Ctx {
     plane: Arc<ControlPlane>,
-    api_token: Arc<str>,
+    api_token: Arc<ApiToken>,
 }
 
 /// A JSON error response that is also counted in the errors metric.
@@ -41,12 +43,14 @@ impl From<Error> for ApiError {
     }
 }
 
-/// The API's router.
+/// The API's router, with a token that never changes.
 pub fn router(plane: Arc<ControlPlane>, api_token: &str) -> Router {
-    let ctx = Ctx {
-        plane,
-        api_token: Arc::from(api_token),
-    };
+    router_with_token(plane, Arc::new(ApiToken::new(api_token)))
+}
+
+/// The API's router, with a token that may be replaced while it serves.
+pub fn router_with_token(plane: Arc<ControlPlane>, api_token: Arc<ApiToken>) -> Router {
+    let ctx = Ctx { plane, api_token };
     Router::new()
         .route("/api/games", get(games))
         .route("/api/sessions", get(list_sessions).post(create_session))
@@ -73,7 +77,7 @@ async fn auth_and_count(State(ctx): State<Ctx>, request: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
             .unwrap_or("");
-        if !crate::token::token_matches(&ctx.api_token, presented) {
+        if !ctx.api_token.matches(presented) {
             let err = Error::Unauthorized;
             ctx.plane.metrics().error(&err);
             return err.into_response();

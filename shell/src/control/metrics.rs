@@ -19,6 +19,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// How a read of the API token file after it changed went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Every metric of the control plane, registered in its own registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +36,7 @@ pub struct Metrics {
     pub sessions_reaped: Family<ReasonLabel, Counter>,
     pub create_seconds: Histogram,
     pub errors: Family<KindLabel, Counter>,
+    pub api_token_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +88,13 @@ impl Metrics {
         );
         let errors = Family::<KindLabel, Counter>::default();
         registry.register("errors", "Errors by kind", errors.clone());
+        let api_token_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "api_token_reloads",
+            "Reads of the API token file after it changed, by result (ok: a valid token, now in \
+             use; invalid: missing or no valid token, the last good one kept)",
+            api_token_reloads.clone(),
+        );
         Self {
             registry,
             sessions_active,
@@ -90,6 +104,7 @@ impl Metrics {
             sessions_reaped,
             create_seconds,
             errors,
+            api_token_reloads,
         }
     }
 
@@ -106,6 +121,13 @@ impl Metrics {
     pub fn reaped(&self, reason: &'static str) {
         self.sessions_reaped
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a read of the changed API token file (`ok` or `invalid`).
+    pub fn token_reload(&self, result: &'static str) {
+        self.api_token_reloads
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

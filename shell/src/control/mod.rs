@@ -9,9 +9,11 @@
 //!
 //! Layout: [`config`] (catalog and session shape, plain data), [`manifests`] (the objects, no
 //! IO), [`session`] (a session read back from its Pod), [`plane`] (kube-rs calls, view, reaper),
-//! [`probe`] (the streamer's /readyz), [`api`] (HTTP), [`metrics`], [`error`].
+//! [`probe`] (the streamer's /readyz), [`api`] (HTTP), [`api_token`] (the API's token and its
+//! reload from a file), [`metrics`], [`error`].
 
 pub mod api;
+pub mod api_token;
 pub mod config;
 pub mod error;
 pub mod manifests;
@@ -39,9 +41,33 @@ pub struct ControlArgs {
     /// and IPv4 (IPv4 only on a host without IPv6).
     #[arg(long, default_value = "127.0.0.1:8090", env = "PLAYPOD_CONTROL_LISTEN")]
     pub listen: std::net::SocketAddr,
-    /// Bearer token the API requires (16 to 128 characters of A-Z a-z 0-9 - _).
+    /// Bearer token the API requires (16 to 128 characters of A-Z a-z 0-9 - _). Exactly one of
+    /// --api-token and --api-token-file is required.
     #[arg(long, env = "PLAYPOD_API_TOKEN", hide_env_values = true, value_parser = crate::token::parse_token)]
     pub api_token: Option<String>,
+    /// File holding the bearer token the API requires, e.g. a mounted Kubernetes Secret; read
+    /// again when it changes, so the token can be rotated without a restart.
+    ///
+    /// The same rules as --api-token apply; surrounding whitespace (a trailing newline) is
+    /// ignored. A file that is missing or holds no valid token at start stops the control plane.
+    /// While it runs, the file is checked every 2 s: a changed file with a valid token replaces
+    /// the token in use, and the replaced token is still accepted for 60 s so that clients can
+    /// switch over; a file that goes missing or holds no valid token is logged and the last good
+    /// token stays in use. Exactly one of --api-token and --api-token-file is required.
+    #[arg(
+        long,
+        env = "PLAYPOD_API_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "api_token"
+    )]
+    pub api_token_file: Option<PathBuf>,
+    /// How long the token replaced by a reload of --api-token-file is still accepted (not a flag:
+    /// [`api_token::ROTATION_GRACE`]; tests shorten it).
+    #[arg(skip = api_token::ROTATION_GRACE)]
+    pub api_token_grace: Duration,
+    /// How often --api-token-file is checked for a change (not a flag: [`api_token::POLL_INTERVAL`]).
+    #[arg(skip = api_token::POLL_INTERVAL)]
+    pub api_token_poll: Duration,
     /// Kubeconfig to use instead of the in-cluster service account or $KUBECONFIG.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -101,10 +127,25 @@ pub async fn serve(
         return Ok(());
     }
 
-    let api_token = args
-        .api_token
-        .clone()
-        .context("set the API token with --api-token or PLAYPOD_API_TOKEN")?;
+    let (api_token, token_file) = match (&args.api_token, &args.api_token_file) {
+        (Some(token), None) => (token.clone(), None),
+        (None, Some(path)) => {
+            let (token, stamp) = api_token::load(path)?;
+            (token, Some((path.clone(), stamp)))
+        }
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the API token with one of --api-token (PLAYPOD_API_TOKEN) and --api-token-file \
+             (PLAYPOD_API_TOKEN_FILE), not both"
+        ),
+        (None, None) => anyhow::bail!(
+            "set the API token with --api-token (or PLAYPOD_API_TOKEN) or --api-token-file (or \
+             PLAYPOD_API_TOKEN_FILE)"
+        ),
+    };
+    let api_token = Arc::new(api_token::ApiToken::with_grace(
+        &api_token,
+        args.api_token_grace,
+    ));
     // kube's rustls needs a process-wide crypto provider; another one already installed is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kube_config = match &args.kubeconfig {
@@ -135,7 +176,7 @@ pub async fn serve(
         catalog,
         config,
         probe,
-        metrics,
+        metrics.clone(),
         RetryPolicy::default(),
     )?);
     let found = plane
@@ -157,7 +198,12 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let listen = listener.local_addr()?;
     tracing::info!(%listen, "control plane API up");
-    let app = api::router(plane, &api_token);
+    let watcher = token_file.map(|(path, stamp)| {
+        tracing::info!(file = %path.display(), "API token read; the file is watched for a new one");
+        let watcher = api_token::Watcher::new(path, api_token.clone(), metrics, stamp);
+        tokio::spawn(watcher.run(args.api_token_poll))
+    });
+    let app = api::router_with_token(plane, api_token);
     let server = axum::serve(listener, app).with_graceful_shutdown(wait_for(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
@@ -165,10 +211,53 @@ pub async fn serve(
     });
     let served = server.await;
     reaper.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     served.context("API server")?;
     Ok(())
 }
 
 async fn wait_for(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, Command};
+
+    use super::*;
+
+    /// The `--help` of --api-token-file states the poll interval and the grace period the code uses.
+    #[test]
+    fn the_token_file_help_states_the_constants() {
+        let command = ControlArgs::augment_args(Command::new("control"));
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "api_token_file")
+            .expect("--api-token-file");
+        let help = arg.get_long_help().expect("a long help").to_string();
+        for needle in [
+            format!("every {} s", api_token::POLL_INTERVAL.as_secs()),
+            format!("for {} s", api_token::ROTATION_GRACE.as_secs()),
+            "Exactly one of --api-token and --api-token-file".to_owned(),
+        ] {
+            assert!(help.contains(&needle), "{needle:?} missing in {help:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_flags_conflict() {
+        let command = ControlArgs::augment_args(Command::new("control"));
+        let err = command
+            .try_get_matches_from([
+                "control",
+                "--api-token",
+                "0123456789abcdef",
+                "--api-token-file",
+                "token",
+            ])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
 }
