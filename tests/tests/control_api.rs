@@ -964,3 +964,135 @@ fn the_control_binary_refuses_a_bad_token_file_or_both_token_flags() {
         "{err}"
     );
 }
+
+/// A line of `/proc/PID/status` (such as `VmHWM:`) in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The real `playpod control` against the fake Kubernetes API holding `sessions` session pods,
+/// each with a status and managed fields as the API server returns them: the time to its first
+/// answer (its start-up list), its resident memory and peak after three reaper passes, and the
+/// time and size of `GET /api/sessions`. Not in the suite (a minute); README, Operations:
+/// `cargo build -p playpod && cargo test -p playpod-tests --test control_api -- --ignored --nocapture thousands`
+#[tokio::test]
+#[ignore = "a scale measurement, run by hand"]
+async fn the_control_binary_with_thousands_of_sessions() {
+    let api = FakeApi::start().await;
+    let made = plane(&api, Arc::new(FakeProbe::default()), 10_000)
+        .create("pong")
+        .await
+        .unwrap();
+    let name = format!("playpod-{}", made.id);
+    let mut template = api.object("pods", &name).expect("the session pod");
+    api.remove("pods", &name);
+    // What the API server adds to an applied pod: its status and the managed fields.
+    let conditions = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ]
+    .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"}));
+    let containers = ["game", "streamer"].map(|c| {
+        json!({
+            "name": c, "ready": true, "restartCount": 0, "started": true,
+            "image": format!("registry.example.com/playpod/{c}:1.0"),
+            "imageID": format!("registry.example.com/playpod/{c}@sha256:{}", "0".repeat(64)),
+            "containerID": format!("containerd://{}", "f".repeat(64)),
+            "state": {"running": {"startedAt": "2026-01-01T00:00:04Z"}},
+        })
+    });
+    template["status"] = json!({
+        "phase": "Running", "hostIP": "10.0.0.1", "startTime": "2026-01-01T00:00:00Z",
+        "conditions": conditions, "containerStatuses": containers,
+    });
+    template["metadata"]["managedFields"] = json!([{
+        "manager": "playpod", "operation": "Apply", "apiVersion": "v1",
+        "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:labels": {}, "f:annotations": {}}, "f:spec": template["spec"].clone()},
+    }]);
+    let pod_bytes = serde_json::to_vec(&template).unwrap().len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake_kubeconfig(dir.path(), &api);
+    let mut figures = Vec::new();
+    for sessions in [0usize, 5_000] {
+        for i in api.names("pods").len()..sessions {
+            let id = format!("{:016x}", i + 1);
+            let mut pod = template.clone();
+            pod["metadata"]["name"] = json!(format!("playpod-{id}"));
+            pod["metadata"]["labels"]["playpod.io/session"] = json!(id);
+            api.insert("pods", pod);
+        }
+        let port = free_port();
+        let started = std::time::Instant::now();
+        let child = std::process::Command::new(playpod_tests::playpod_bin())
+            .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--reap-interval-seconds", "2"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("PLAYPOD_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start playpod control");
+        let pid = child.id();
+        assert!(answers_ok(&format!("http://127.0.0.1:{port}/healthz")).await);
+        let up = started.elapsed();
+        let rss_up = status_kib(pid, "VmRSS:");
+        api.clear_requests();
+        // Three reaper passes, each a full list of the session pods.
+        let pages = sessions.div_ceil(500).max(1);
+        while api.requests().len() < 3 * pages {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Between two passes.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let asked = std::time::Instant::now();
+        let answer = http
+            .request(
+                Request::get(format!("http://127.0.0.1:{port}/api/sessions"))
+                    .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let listed = asked.elapsed();
+        let view: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(view["sessions"].as_array().unwrap().len(), sessions);
+        let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+        playpod_tests::signal(pid, "-TERM");
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        figures.push(format!(
+            "{sessions} sessions: first answer after {up:.2?} (rss {:.1} MiB), rss {:.1} MiB (peak \
+             {:.1} MiB) after 3 reaper passes, GET /api/sessions {} KiB in {listed:.2?}",
+            rss_up as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            body.len() / 1024
+        ));
+    }
+    eprintln!("a session pod as listed: {pod_bytes} bytes of JSON");
+    for line in figures {
+        eprintln!("{line}");
+    }
+}

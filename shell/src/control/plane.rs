@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectList, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -21,7 +21,7 @@ use super::error::{Error, Result};
 use super::manifests::{self, FIELD_MANAGER, SESSION_SELECTOR, SessionSpec};
 use super::metrics::Metrics;
 use super::probe::ReadyProbe;
-use super::session::{Session, SessionView};
+use super::session::{ListedPod, Session, SessionView};
 
 /// Streamers the reaper asks for their readiness at the same time.
 pub const PROBES_AT_ONCE: usize = 64;
@@ -243,11 +243,11 @@ impl ControlPlane {
 
     /// Adds a listed pod's session to `found`, unless it is being deleted; a pod labelled as a
     /// session that does not read as one is counted and passed over.
-    fn take_listed(&self, pod: &Pod, found: &mut BTreeMap<String, Session>) {
+    fn take_listed(&self, pod: &ListedPod, found: &mut BTreeMap<String, Session>) {
         if pod.metadata.deletion_timestamp.is_some() {
             return;
         }
-        match Session::from_pod(pod) {
+        match Session::from_listed(pod) {
             Ok(session) => {
                 found.insert(session.spec.id.clone(), session);
             }
@@ -274,7 +274,8 @@ impl ControlPlane {
             state.changed
         };
         let _rebuilding = Rebuilding(self);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        // Read as the parts a session is made of, not as whole Pods (see ListedPod).
+        let pods = kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", self.namespace));
         let mut found = BTreeMap::new();
         // A page at a time, each read into sessions (a small part of a Pod) before the next:
         // thousands of session pods are never one answer, in the API server or here. The pages
@@ -287,12 +288,15 @@ impl ControlPlane {
             if let Some(token) = next.take() {
                 params = params.continue_token(&token);
             }
-            let (pods, params) = (&pods, &params);
-            let page = self
+            let (pods, params, client) = (&pods, &params, &self.client);
+            let page: ObjectList<ListedPod> = self
                 .call(
                     "list session pods",
                     self.retry.timeout * LIST_TIMEOUT_FACTOR,
-                    move || pods.list(params),
+                    move || {
+                        let request = pods.list(params).map_err(kube::Error::BuildRequest);
+                        async move { client.request(request?).await }
+                    },
                 )
                 .await?;
             for pod in &page.items {

@@ -1,9 +1,12 @@
 //! A session as the control plane sees it, read back from its Pod (labels, annotations, status),
 //! so that the view can be rebuilt from the cluster after a restart.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
 use super::manifests::{
     ANNOTATION_CREATED, ANNOTATION_EXPIRES, FIELD_MANAGER, LABEL_GAME, LABEL_MANAGED_BY,
@@ -66,6 +69,14 @@ impl Session {
     /// Reads a session back from its pod. `Err` says why the pod is not a well-formed session of
     /// this control plane (then it is left alone and reported).
     pub fn from_pod(pod: &Pod) -> Result<Self, String> {
+        let listed = serde_json::to_value(pod)
+            .and_then(serde_json::from_value)
+            .map_err(|e| format!("pod {}: {e}", pod.metadata.name.as_deref().unwrap_or("?")))?;
+        Self::from_listed(&listed)
+    }
+
+    /// [`Session::from_pod`] from the parts of the pod a session is read from.
+    pub fn from_listed(pod: &ListedPod) -> Result<Self, String> {
         let meta = &pod.metadata;
         let name = meta.name.as_deref().unwrap_or("?");
         let labels = meta.labels.as_ref().ok_or("no labels")?;
@@ -109,7 +120,65 @@ impl Session {
     }
 }
 
-fn pod_state(pod: &Pod, created_at: Timestamp) -> PodState {
+/// The parts of a Pod a session is read from. The list of every session pod is read into these
+/// alone, serde passing over the rest (most of the spec, the managed fields): thousands of
+/// session pods, a page at a time, then cost little memory while they are read, and leave
+/// little of it scattered behind.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListedPod {
+    #[serde(default)]
+    pub metadata: ListedMeta,
+    pub spec: Option<ListedSpec>,
+    pub status: Option<ListedStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedMeta {
+    pub name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Set once the pod is being deleted (its value does not matter here).
+    pub deletion_timestamp: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListedSpec {
+    #[serde(default)]
+    pub containers: Vec<ListedContainer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListedContainer {
+    pub name: String,
+    pub env: Option<Vec<ListedEnv>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListedEnv {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedStatus {
+    pub phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    pub conditions: Option<Vec<ListedCondition>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub last_transition_time: Option<Timestamp>,
+}
+
+fn pod_state(pod: &ListedPod, created_at: Timestamp) -> PodState {
     let Some(status) = &pod.status else {
         return PodState {
             ready_changed_at: Some(created_at),
@@ -125,8 +194,8 @@ fn pod_state(pod: &Pod, created_at: Timestamp) -> PodState {
         ready: ready.is_some_and(|c| c.status == "True"),
         ready_changed_at: Some(
             ready
-                .and_then(|c| c.last_transition_time.as_ref())
-                .map_or(created_at, |t| t.0),
+                .and_then(|c| c.last_transition_time)
+                .unwrap_or(created_at),
         ),
         pod_ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
     }
@@ -173,6 +242,45 @@ mod tests {
             "https://x.test/play/fedcba9876543210fedcba9876543210/"
         );
         assert_eq!(view.expires_at, "2026-01-01T02:00:00Z");
+    }
+
+    /// A pod as the API server lists it, with what the session is not read from (volumes,
+    /// managed fields, container statuses), reads as the same session as the typed Pod.
+    #[test]
+    fn a_listed_pod_reads_as_the_typed_one() {
+        let catalog = Catalog::default();
+        let pod = manifests::pod(&spec(), &catalog.games[0], &SessionConfig::default(), "ns");
+        let mut json = serde_json::to_value(&pod).unwrap();
+        json["metadata"]["managedFields"] = serde_json::json!([{"manager": "playpod",
+            "fieldsV1": {"f:spec": {"f:containers": {}}}}]);
+        json["status"] = serde_json::json!({
+            "phase": "Running", "podIP": "10.1.2.3", "hostIP": "10.0.0.1",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:01Z"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:09Z"}
+            ],
+            "containerStatuses": [{"name": "streamer", "ready": true, "restartCount": 0}]
+        });
+        let listed: ListedPod = serde_json::from_value(json.clone()).unwrap();
+        let typed: Pod = serde_json::from_value(json).unwrap();
+        let session = Session::from_listed(&listed).unwrap();
+        assert_eq!(session, Session::from_pod(&typed).unwrap());
+        assert_eq!(session.spec, spec());
+        assert_eq!(
+            session.pod,
+            PodState {
+                phase: Some("Running".to_owned()),
+                ready: true,
+                ready_changed_at: Some("2026-01-01T00:00:09Z".parse().unwrap()),
+                pod_ip: Some("10.1.2.3".to_owned()),
+            }
+        );
+        assert!(listed.metadata.deletion_timestamp.is_none());
+        let deleting: ListedPod = serde_json::from_value(
+            serde_json::json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        )
+        .unwrap();
+        assert!(deleting.metadata.deletion_timestamp.is_some());
     }
 
     #[test]

@@ -391,11 +391,11 @@ fn answer(
         },
         Method::GET if name.is_empty() => {
             let selector = query.get("labelSelector").cloned().unwrap_or_default();
-            let items: Vec<Value> = state
+            let items: Vec<&Value> = state
                 .objects
                 .iter()
                 .filter(|((r, ns, _), _)| *r == resource && *ns == namespace)
-                .map(|(_, o)| o.clone())
+                .map(|(_, o)| o)
                 .filter(|o| selector_matches(&selector, &o["metadata"]["labels"]))
                 .collect();
             let kind = match resource.as_str() {
