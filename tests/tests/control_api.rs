@@ -1055,22 +1055,19 @@ async fn the_control_binary_with_thousands_of_sessions() {
         }
         // Between two passes.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let h = Harness {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            api: api.clone(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        };
         let asked = std::time::Instant::now();
-        let answer = http
-            .request(
-                Request::get(format!("http://127.0.0.1:{port}/api/sessions"))
-                    .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), StatusCode::OK);
-        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let answer = h.get("/api/sessions").await;
         let listed = asked.elapsed();
-        let view: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(view["sessions"].as_array().unwrap().len(), sessions);
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.json()["sessions"].as_array().unwrap().len(),
+            sessions
+        );
         let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
         playpod_tests::signal(pid, "-TERM");
         let out = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -1088,7 +1085,7 @@ async fn the_control_binary_with_thousands_of_sessions() {
             rss_up as f64 / 1024.0,
             rss as f64 / 1024.0,
             peak as f64 / 1024.0,
-            body.len() / 1024
+            answer.text.len() / 1024
         ));
     }
     eprintln!("a session pod as listed: {pod_bytes} bytes of JSON");
