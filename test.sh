@@ -33,12 +33,17 @@ cargo test --locked --workspace
 step "benchmarks compile and run once"
 cargo test --locked -p playpod-benches --benches
 
-step "fuzz smoke (each input target for about a minute; README: the long run)"
+step "fuzz smoke (each input target for about a minute, the framebuffer header and H.264 unit splitting for 30 s; README: the long run)"
 install_cargo_fuzz
 for target in input_parse input_parse_diff; do
   mkdir -p "fuzz/corpus/$target"
   cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
     -- -dict=fuzz/input.dict -max_total_time=60
+done
+for target in framebuffer_header h264_units; do
+  mkdir -p "fuzz/corpus/$target"
+  cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
+    -- -max_total_time=30
 done
 
 step "CUDA kernel: the committed PTX is current and assembles for Turing to Hopper"
