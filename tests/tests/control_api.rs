@@ -648,6 +648,15 @@ async fn playpod_control_rebuilds_serves_and_stops() {
         .await
         .assert_error(StatusCode::TOO_MANY_REQUESTS, "the limit is 2");
 
+    stop_and_join(stop, server).await;
+}
+
+/// Asks a control plane served in this process to stop, and checks that it ends cleanly and
+/// promptly.
+async fn stop_and_join(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     stop.send(()).unwrap();
     let result = tokio::time::timeout(std::time::Duration::from_secs(5), server)
         .await
@@ -892,12 +901,7 @@ async fn a_replaced_token_is_refused_after_the_grace_period() {
     );
     assert_eq!(h.status_with(B).await, StatusCode::OK);
 
-    stop.send(()).unwrap();
-    let result = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("stops promptly")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_and_join(stop, server).await;
 }
 
 /// `playpod control` with the given arguments and no token in its environment: it must fail;
