@@ -206,6 +206,7 @@ MUST_FAIL: list[tuple[str, dict[str, Any], str | list[str]]] = [
     ("playpod", {"sessions": {"maxSessions": 4294967296}}, "maxSessions"),
     ("playpod", {"sessions": {"idleMinutes": 4294967296}}, "idleMinutes"),
     ("playpod", {"sessions": {"startupGraceSeconds": 4294967296}}, "startupGraceSeconds"),
+    ("playpod", {"sessions": {"startupGraceSeconds": 74}}, "startupGraceSeconds"),
 ]
 
 # How each playpod scenario's dashboard ConfigMap must look: None (not rendered), or

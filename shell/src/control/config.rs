@@ -10,6 +10,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::manifests::{
+    STREAMER_STARTUP_FAILURES, STREAMER_STARTUP_PERIOD, STREAMER_WAIT_FOR_DISPLAY,
+};
+
+/// The shortest `startupGraceSeconds`: how long a session pod's streamer may take to be ready
+/// with nothing wrong, as its startup probe allows.
+pub const MIN_STARTUP_GRACE_SECONDS: u32 =
+    (STREAMER_STARTUP_FAILURES * STREAMER_STARTUP_PERIOD) as u32;
 
 /// The games a session may run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,7 +71,8 @@ pub struct SessionConfig {
     pub ttl_minutes: u32,
     /// A session ends when no player or viewer has been connected for this many minutes.
     pub idle_minutes: u32,
-    /// A session whose pod has not been ready for this long (image pull errors, crashes) ends.
+    /// A session whose pod has not been ready for this long (image pull errors, crashes) ends;
+    /// at least [`MIN_STARTUP_GRACE_SECONDS`].
     pub startup_grace_seconds: u32,
     /// At most this many sessions exist at once.
     pub max_sessions: u32,
@@ -329,6 +338,14 @@ impl SessionConfig {
         if self.max_sessions == 0 {
             return Err(Error::Config("maxSessions must be at least 1".to_owned()));
         }
+        if self.startup_grace_seconds < MIN_STARTUP_GRACE_SECONDS {
+            return Err(Error::Config(format!(
+                "startupGraceSeconds {} is shorter than the {MIN_STARTUP_GRACE_SECONDS} s a session \
+                 pod may take to be ready with nothing wrong (its streamer waits up to {} s for the \
+                 game's display, its startup probe 15 s more): sessions still starting would be ended",
+                self.startup_grace_seconds, STREAMER_WAIT_FOR_DISPLAY
+            )));
+        }
         if self.run_as_user <= 0 {
             return Err(Error::Config(
                 "runAsUser must be a non-root UID (above 0; above 10000 recommended)".to_owned(),
@@ -467,6 +484,21 @@ mod tests {
         ] {
             assert!(SessionConfig::from_json(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// A grace shorter than a healthy session pod may take to be ready would end sessions
+    /// still starting.
+    #[test]
+    fn the_startup_grace_covers_a_healthy_start() {
+        assert_eq!(MIN_STARTUP_GRACE_SECONDS, 75);
+        let err = SessionConfig::from_json(r#"{"startupGraceSeconds":74}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("startupGraceSeconds 74 is shorter than the 75 s"),
+            "{err}"
+        );
+        let ok = SessionConfig::from_json(r#"{"startupGraceSeconds":75}"#).unwrap();
+        assert_eq!(ok.startup_grace_seconds, 75);
     }
 
     #[test]
