@@ -31,7 +31,7 @@ pub fn open_source(args: &PodArgs) -> anyhow::Result<Box<dyn FrameSource>> {
 
 /// Opens the capture source and watches the display, retrying for `--wait-for-display`
 /// seconds while either is missing.
-async fn open_display(args: &PodArgs) -> anyhow::Result<(Box<dyn FrameSource>, DisplayWatch)> {
+async fn open_display(args: &PodArgs) -> anyhow::Result<Opened> {
     let wait = Duration::from_secs(args.wait_for_display.into());
     let started = Instant::now();
     let capture = match (&args.framebuffer, args.shmid) {

@@ -491,7 +491,8 @@ fn free_display() -> u32 {
         .unwrap_or(899)
 }
 
-fn status_field(pid: u32, field: &str) -> u64 {
+/// A number of `/proc/PID/status` (`Threads:`, `VmRSS:` in KiB, ...), 0 where there is none.
+pub fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

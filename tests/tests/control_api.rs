@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use playpod_tests::soak::status_field;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-api-token-0123456789";
@@ -969,16 +970,6 @@ fn the_control_binary_refuses_a_bad_token_file_or_both_token_flags() {
     );
 }
 
-/// A line of `/proc/PID/status` (such as `VmHWM:`) in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The real `playpod control` against the fake Kubernetes API holding `sessions` session pods,
 /// each with a status and managed fields as the API server returns them: the time to its first
 /// answer (its start-up list), its resident memory and peak after three reaper passes, and the
@@ -1050,7 +1041,7 @@ async fn the_control_binary_with_thousands_of_sessions() {
         let pid = child.id();
         assert!(answers_ok(&format!("http://127.0.0.1:{port}/healthz")).await);
         let up = started.elapsed();
-        let rss_up = status_kib(pid, "VmRSS:");
+        let rss_up = status_field(pid, "VmRSS:");
         api.clear_requests();
         // Three reaper passes, each a full list of the session pods.
         let pages = sessions.div_ceil(500).max(1);
@@ -1072,7 +1063,7 @@ async fn the_control_binary_with_thousands_of_sessions() {
             answer.json()["sessions"].as_array().unwrap().len(),
             sessions
         );
-        let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+        let (rss, peak) = (status_field(pid, "VmRSS:"), status_field(pid, "VmHWM:"));
         playpod_tests::signal(pid, "-TERM");
         let out = tokio::task::spawn_blocking(move || child.wait_with_output())
             .await

@@ -204,18 +204,19 @@ impl Watcher {
         ticks.tick().await; // the first tick is now: the file was just read
         loop {
             ticks.tick().await;
-            let path = self.path.clone();
-            let last = self.stamp;
             // Blocking file system calls: a stat and, on a change, a read of a few bytes.
-            let checked = tokio::task::spawn_blocking(move || {
-                let now = stamp(&path);
-                let read = (now != last).then(|| now.map(|_| read_token_file(&path)));
-                (now, read.flatten())
+            self = match tokio::task::spawn_blocking(move || {
+                self.poll();
+                self
             })
-            .await;
-            if let Ok((now, read)) = checked {
-                self.apply(now, read);
-            }
+            .await
+            {
+                Ok(watcher) => watcher,
+                Err(err) => {
+                    tracing::error!(%err, "the API token file's watch ended");
+                    return;
+                }
+            };
         }
     }
 
@@ -229,13 +230,10 @@ impl Watcher {
         self.apply(now, read)
     }
 
-    /// Acts on the file's new stamp and, when it exists, what reading it gave. A read made after
-    /// a change still goes unseen until the stamp changes again, which it does once the change
-    /// is complete: the stamp is always taken before the read.
+    /// Acts on the file's changed stamp and, when it exists, what reading it gave. A read made
+    /// during a change still goes unseen until the stamp changes again, which it does once the
+    /// change is complete: the stamp is always taken before the read.
     fn apply(&mut self, now: Option<Stamp>, read: Option<Result<String, String>>) -> Poll {
-        if now == self.stamp {
-            return Poll::Unchanged;
-        }
         self.stamp = now;
         let path = self.path.display();
         let result = match read {

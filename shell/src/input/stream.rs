@@ -1,7 +1,6 @@
 //! A player's socket once it has left tokio: a blocking TCP stream, plain or TLS, and the
 //! WebSocket over it.
 
-use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -151,10 +150,10 @@ pub const MAX_CLOSE_REASON: usize = 123;
 /// `reason` cut to what a close frame holds: a longer one makes the frame invalid, and the peer
 /// would see no close frame at all (the log has the whole text). A cut one ends at a word, with
 /// an ellipsis, so that what the page shows reads as cut rather than as garbled.
-pub fn close_reason(reason: &str) -> Cow<'_, str> {
+pub fn close_reason(reason: &str) -> String {
     const MORE: &str = "…";
     if reason.len() <= MAX_CLOSE_REASON {
-        return Cow::Borrowed(reason);
+        return reason.to_owned();
     }
     let mut end = MAX_CLOSE_REASON - MORE.len();
     while !reason.is_char_boundary(end) {
@@ -166,10 +165,7 @@ pub fn close_reason(reason: &str) -> Cow<'_, str> {
         Some(space) if space >= end / 2 => &head[..space],
         _ => head,
     };
-    Cow::Owned(format!(
-        "{}{MORE}",
-        head.trim_end_matches([' ', ',', ':', ';', '('])
-    ))
+    format!("{}{MORE}", head.trim_end_matches([' ', ',', ':', ';', '(']))
 }
 
 /// Sends a close frame and waits (at most a second) for the peer's, so that the browser sees
@@ -177,7 +173,7 @@ pub fn close_reason(reason: &str) -> Cow<'_, str> {
 pub fn close_ws(ws: &mut WebSocket<PlayerStream>, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: close_reason(reason).into_owned().into(),
+        reason: close_reason(reason).into(),
     };
     if ws.close(Some(frame)).is_err() {
         return;
