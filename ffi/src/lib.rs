@@ -11,6 +11,9 @@
 //! - [`CountingAllocator`]: the system allocator, counting, for zero-allocation tests.
 //! - [`cuda`]: BGRX -> YUV 4:2:0 on the GPU, reading the registered framebuffer in place.
 //! - [`nvenc`]: NVENC bindings (bindgen, API 12.1) loaded at run time, and a safe session layer.
+//! - [`tcp`]: a connection's round-trip time, from the kernel's `TCP_INFO`.
+//! - [`openh264`]: encoder settings the `openh264` crate's safe API does not offer (the
+//!   target bitrate, changed while encoding).
 //!
 //! # Shared memory written by another process
 //!
@@ -26,8 +29,10 @@
 mod alloc_count;
 pub mod cuda;
 pub mod nvenc;
+pub mod openh264;
 mod process;
 mod shm;
+pub mod tcp;
 
 pub use alloc_count::{CountingAllocator, count_allocations};
 pub use process::{supervised, terminate};

@@ -58,6 +58,10 @@ pub enum EncodeError {
     Encode,
     #[error("the encoder was given a picture in the wrong memory or layout")]
     WrongInput,
+    #[error("this encoder keeps the bitrate it started with")]
+    FixedBitrate,
+    #[error("{0}")]
+    Option(#[from] playpod_ffi::openh264::Openh264OptionError),
     #[error("NVENC failed: {0}")]
     Nvenc(#[from] playpod_ffi::nvenc::NvencError),
     #[error("picture is {got_w}x{got_h}, the encoder was set up for {want_w}x{want_h}")]
@@ -79,8 +83,16 @@ pub trait VideoEncoder: Send {
         InputKind::HostI420
     }
 
+    /// Changes the target bitrate, bits per second, from the next frame on (no keyframe
+    /// needed). Encoders that cannot answer [`EncodeError::FixedBitrate`].
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), EncodeError> {
+        let _ = bps;
+        Err(EncodeError::FixedBitrate)
+    }
+
     /// Encodes `picture` and appends one Annex-B access unit to `out`. With `keyframe` the
-    /// access unit is an IDR with SPS and PPS. Must not allocate once `out` has capacity.
+    /// access unit is an IDR with SPS and PPS. Nothing appended (`len` 0) means the rate
+    /// control skipped the frame, which only happens below the bitrate it was made with. Must not allocate once `out` has capacity.
     fn encode(
         &mut self,
         picture: Picture<'_>,
@@ -134,6 +146,15 @@ impl Openh264Encoder {
 impl VideoEncoder for Openh264Encoder {
     fn name(&self) -> &'static str {
         "openh264"
+    }
+
+    /// Below the bitrate it was made with, frames may be skipped (an empty access unit):
+    /// full-screen motion (the plasma: ~1.5 Mbit/s at 768x768 and 60 fps) costs a floor of
+    /// bits per frame even at the coarsest quantiser, so only fewer frames go lower.
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), EncodeError> {
+        playpod_ffi::openh264::set_target_bitrate(&mut self.encoder, bps)?;
+        playpod_ffi::openh264::set_frame_skip(&mut self.encoder, bps < self.settings.bitrate_bps)?;
+        Ok(())
     }
 
     fn encode(
@@ -236,6 +257,72 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A picture of film grain: every frame costs whatever the rate control lets it.
+    fn noise(w: u32, h: u32, seed: u32) -> I420Frame {
+        let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+        let bytes: Vec<u8> = (0..w * h * 4)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                // Grain of a sixteenth of the range on mid grey: hard to predict, cheap at a
+                // coarse quantiser.
+                112 + (state & 31) as u8
+            })
+            .collect();
+        let src = crate::convert::BgrxFrame {
+            bytes: &bytes,
+            width: w,
+            height: h,
+            stride: w as usize * 4,
+        };
+        let mut f = I420Frame::new(w, h);
+        crate::convert::bgrx_to_i420(&src, &mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_new_bitrate_applies_from_the_next_frames_without_a_keyframe() {
+        let s = EncoderSettings {
+            width: 256,
+            height: 192,
+            fps: 30,
+            bitrate_bps: 2_000_000,
+        };
+        let mut enc = Openh264Encoder::new(s).unwrap();
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut phase = |enc: &mut Openh264Encoder, from: u32| {
+            let mut bytes = 0;
+            let mut keyframes = 0;
+            for n in from..from + 60 {
+                out.clear();
+                let got = enc
+                    .encode(Picture::Host(&noise(256, 192, n)), n == 0, &mut out)
+                    .unwrap();
+                // The first frames after a change let the rate control settle.
+                if n >= from + 30 {
+                    bytes += got.len;
+                }
+                keyframes += usize::from(got.keyframe);
+            }
+            (bytes, keyframes)
+        };
+        let (high, _) = phase(&mut enc, 0);
+        enc.set_bitrate(400_000).unwrap();
+        let (low, keyframes) = phase(&mut enc, 60);
+        assert_eq!(keyframes, 0, "no keyframe for the change");
+        // 30 frames at 30 fps: a second's worth of the target each time.
+        let (high_bps, low_bps) = (high * 8, low * 8);
+        assert!(
+            (1_400_000..2_600_000).contains(&high_bps),
+            "{high_bps} bit/s at 2 Mbit/s"
+        );
+        assert!(low_bps < 600_000, "{low_bps} bit/s at 400 kbit/s");
+        enc.set_bitrate(2_000_000).unwrap();
+        let (back, _) = phase(&mut enc, 120);
+        assert!(back * 8 > 1_400_000, "{} bit/s back at 2 Mbit/s", back * 8);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod h264;
 pub mod input;
 pub mod pipeline;
+pub mod rate;
 pub mod ring;
 pub mod stats;
 pub mod xwd;

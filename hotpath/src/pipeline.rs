@@ -14,6 +14,7 @@ use crate::convert::{self, ConvertError, I420Frame};
 use crate::damage::ScreenChanges;
 use crate::encode::{EncodeError, EncoderSettings, InputKind, Picture, VideoEncoder};
 use crate::gpu::{GpuConverter, GpuStageError};
+use crate::rate::RateAdapt;
 use crate::ring::{PublishError, Ring, RingConfig, RingWriter};
 use crate::stats::{PipelineStats, bump};
 
@@ -90,6 +91,7 @@ pub struct FrameStage {
     skip: Option<SkipState>,
     changes: Option<ScreenChanges>,
     encoder: Box<dyn VideoEncoder>,
+    adapt: Option<RateAdapt>,
     // After the encoder: an encoder's registration of the device picture goes first.
     gpu: Option<GpuConverter>,
     out: Vec<u8>,
@@ -115,12 +117,16 @@ impl FrameStage {
         settings: EncoderSettings,
         slot_bytes: usize,
     ) -> Self {
+        stats
+            .bitrate_target_bps
+            .store(u64::from(settings.bitrate_bps), Ordering::Relaxed);
         Self {
             source,
             picture: I420Frame::new(settings.width, settings.height),
             skip: None,
             changes: None,
             encoder,
+            adapt: None,
             gpu: None,
             // Twice a slot: an access unit too large for the ring is still encoded whole,
             // then refused by the ring, without the buffer growing.
@@ -176,6 +182,21 @@ impl FrameStage {
     /// is skipped before capture too.
     pub fn with_screen_changes(mut self, changes: ScreenChanges) -> Self {
         self.changes = Some(changes);
+        self
+    }
+
+    /// Lowers the encoder's bitrate while viewers lag or report slow links, and brings it back after
+    /// ([`RateAdapt`]); `max_bps` is the configured bitrate, the ceiling. An encoder that keeps
+    /// its bitrate turns this off at its first change, with a warning.
+    pub fn adapt_bitrate(mut self, max_bps: u32) -> Self {
+        self.stats
+            .bitrate_target_bps
+            .store(u64::from(max_bps), Ordering::Relaxed);
+        self.adapt = Some(RateAdapt::new(
+            max_bps,
+            self.writer.viewer_troubles(),
+            Instant::now(),
+        ));
         self
     }
 
@@ -270,6 +291,36 @@ impl FrameStage {
         }
     }
 
+    /// Bitrate adaptation's step for this frame: a new target when viewers lag or have been
+    /// calm for a while.
+    fn follow_viewers(&mut self, now: Instant) {
+        let Some(adapt) = &mut self.adapt else {
+            return;
+        };
+        let before = adapt.current_bps();
+        let Some(bps) = adapt.update(now, self.writer.viewer_troubles()) else {
+            return;
+        };
+        match self.encoder.set_bitrate(bps) {
+            Ok(()) => {
+                self.stats
+                    .bitrate_target_bps
+                    .store(u64::from(bps), Ordering::Relaxed);
+                if bps < before {
+                    bump(&self.stats.bitrate_decreases, 1);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    encoder = self.encoder.name(),
+                    %err,
+                    "the bitrate stays as set: this encoder cannot change it while encoding"
+                );
+                self.adapt = None;
+            }
+        }
+    }
+
     fn encode_and_publish(
         &mut self,
         ready: Instant,
@@ -277,6 +328,7 @@ impl FrameStage {
         want_key: bool,
         same: bool,
     ) -> Result<FrameReport, PipelineError> {
+        self.follow_viewers(ready);
         let host = self.host_input();
         let stats = &*self.stats;
         let encode_start = Instant::now();
@@ -291,6 +343,19 @@ impl FrameStage {
         self.out.clear();
         let encoded = self.encoder.encode(picture, want_key, &mut self.out)?;
         stats.encode_time.record(micros(encode_start.elapsed()));
+        if encoded.len == 0 {
+            // Skipped by the rate control (a bitrate lowered for a slow viewer): nothing to
+            // publish, and the picture last encoded stays the one to compare with.
+            bump(&stats.frames_dropped_rate, 1);
+            if want_key {
+                self.writer.request_keyframe();
+            }
+            return Ok(FrameReport {
+                keyframe: false,
+                bytes: 0,
+                seq: None,
+            });
+        }
         bump(&stats.frames_encoded, 1);
         bump(&stats.bytes_encoded, encoded.len as u64);
         if encoded.keyframe {
@@ -709,5 +774,102 @@ mod tests {
         }
         assert_eq!(r.stats.frames_encoded.load(Ordering::Relaxed), 20);
         assert_eq!(r.stats.frames_unchanged.load(Ordering::Relaxed), 0);
+    }
+
+    /// Makes a reader fall a whole ring behind: frames published, none read, then a read.
+    fn make_a_reader_lag(r: &mut Rig) {
+        let mut reader = r.ring.subscribe().unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..20 {
+            r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        }
+        let lagged = r.ring.lagged();
+        reader.try_read(&mut buf);
+        assert_eq!(r.ring.lagged(), lagged + 1);
+    }
+
+    #[test]
+    fn a_lagging_viewer_lowers_the_bitrate() {
+        let mut r = rig(None);
+        r.stage = r.stage.adapt_bitrate(300_000);
+        let target = |r: &Rig| r.stats.bitrate_target_bps.load(Ordering::Relaxed);
+        r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        assert_eq!(target(&r), 300_000, "no lag, no change");
+        make_a_reader_lag(&mut r);
+        r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        assert_eq!(target(&r), 225_000);
+        assert_eq!(r.stats.bitrate_decreases.load(Ordering::Relaxed), 1);
+    }
+
+    /// openh264 that claims it cannot change its bitrate, as an encoder might.
+    struct Fixed(Openh264Encoder);
+
+    impl VideoEncoder for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn encode(
+            &mut self,
+            picture: Picture<'_>,
+            keyframe: bool,
+            out: &mut Vec<u8>,
+        ) -> Result<crate::encode::Encoded, EncodeError> {
+            self.0.encode(picture, keyframe, out)
+        }
+    }
+
+    #[test]
+    fn an_encoder_that_keeps_its_bitrate_turns_adaptation_off_and_goes_on() {
+        let mut r = rig(None);
+        let settings = EncoderSettings {
+            width: W,
+            height: H,
+            fps: 60,
+            bitrate_bps: 300_000,
+        };
+        r.stage.encoder = Box::new(Fixed(Openh264Encoder::new(settings).unwrap()));
+        r.stage = r.stage.adapt_bitrate(300_000);
+        make_a_reader_lag(&mut r);
+        r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        assert!(r.stage.adapt.is_none());
+        assert_eq!(r.stats.bitrate_target_bps.load(Ordering::Relaxed), 300_000);
+        assert_eq!(r.stats.bitrate_decreases.load(Ordering::Relaxed), 0);
+        assert_eq!(r.stats.frames_encoded.load(Ordering::Relaxed), 21);
+    }
+
+    /// openh264 whose rate control skips every frame, as it may below its first bitrate.
+    struct Skipping;
+
+    impl VideoEncoder for Skipping {
+        fn name(&self) -> &'static str {
+            "skipping"
+        }
+        fn encode(
+            &mut self,
+            _picture: Picture<'_>,
+            _keyframe: bool,
+            _out: &mut Vec<u8>,
+        ) -> Result<crate::encode::Encoded, EncodeError> {
+            Ok(crate::encode::Encoded {
+                keyframe: false,
+                len: 0,
+            })
+        }
+    }
+
+    #[test]
+    fn a_frame_the_encoder_skips_is_not_published_and_a_wanted_keyframe_stays_wanted() {
+        let mut r = rig(None);
+        r.stage.encoder = Box::new(Skipping);
+        let _reader = r.ring.subscribe().unwrap();
+        r.ring.request_keyframe();
+        let report = r.stage.run_once(Instant::now(), unix_micros()).unwrap();
+        assert_eq!(report.seq, None);
+        assert_eq!(r.ring.published(), 0, "no empty access unit in the ring");
+        assert_eq!(r.stats.frames_dropped_rate.load(Ordering::Relaxed), 1);
+        assert!(
+            r.stage.writer.take_keyframe_request(),
+            "the keyframe is asked for again"
+        );
     }
 }

@@ -103,6 +103,8 @@ struct Shared {
     places_used: AtomicUsize,
     readers: AtomicUsize,
     lagged: AtomicU64,
+    /// Reports of viewers whose link holds a queue ([`Ring::report_slow_link`]).
+    slow_links: AtomicU64,
 }
 
 /// The ring. Make one with [`Ring::new`], which also gives the single [`RingWriter`].
@@ -152,6 +154,7 @@ impl Ring {
             places_used: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
             lagged: AtomicU64::new(0),
+            slow_links: AtomicU64::new(0),
         });
         (
             Ring {
@@ -204,6 +207,17 @@ impl Ring {
         self.shared.lagged.load(Ordering::Relaxed)
     }
 
+    /// Says that a viewer's link holds a queue: its frames arrive later than they would
+    /// on an empty link, though the viewer has not fallen behind in the ring (yet).
+    pub fn report_slow_link(&self) {
+        self.shared.slow_links.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports of [`Ring::report_slow_link`] so far.
+    pub fn slow_links(&self) -> u64 {
+        self.shared.slow_links.load(Ordering::Relaxed)
+    }
+
     /// The largest access unit a slot holds.
     pub fn slot_bytes(&self) -> usize {
         self.shared.slot_bytes
@@ -235,6 +249,12 @@ impl RingWriter {
     /// Readers now subscribed.
     pub fn readers(&self) -> usize {
         self.shared.readers.load(Ordering::Relaxed)
+    }
+
+    /// Times a reader fell a whole ring behind or reported a slow link, since the start: each
+    /// says a viewer's link does not carry the stream.
+    pub fn viewer_troubles(&self) -> u64 {
+        self.shared.lagged.load(Ordering::Relaxed) + self.shared.slow_links.load(Ordering::Relaxed)
     }
 
     /// Copies one access unit into the next slot and wakes the readers. Never blocks and

@@ -98,9 +98,15 @@ pub struct PipelineStats {
     pub frames_dropped_late: AtomicU64,
     /// Access units too large for a ring slot.
     pub frames_dropped_oversize: AtomicU64,
+    /// Frames the encoder skipped to hold a bitrate lowered for a slow viewer.
+    pub frames_dropped_rate: AtomicU64,
     pub keyframes: AtomicU64,
     pub keyframe_requests: AtomicU64,
     pub bytes_encoded: AtomicU64,
+    /// The encoder's target bitrate now, bits per second (lowered while viewers lag).
+    pub bitrate_target_bps: AtomicU64,
+    /// Times the target was lowered because viewers lagged.
+    pub bitrate_decreases: AtomicU64,
     /// Frame ready (tick) -> access unit in the ring.
     pub ready_to_ring: Histogram,
     /// Time inside the encoder alone.
@@ -120,9 +126,12 @@ impl Default for PipelineStats {
             frames_unchanged: AtomicU64::new(0),
             frames_dropped_late: AtomicU64::new(0),
             frames_dropped_oversize: AtomicU64::new(0),
+            frames_dropped_rate: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             bytes_encoded: AtomicU64::new(0),
+            bitrate_target_bps: AtomicU64::new(0),
+            bitrate_decreases: AtomicU64::new(0),
             ready_to_ring: Histogram::default(),
             encode_time: Histogram::default(),
             convert_time: Histogram::default(),

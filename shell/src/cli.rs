@@ -75,9 +75,18 @@ pub struct StreamArgs {
     /// Frames per second.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
     pub fps: u32,
-    /// Target video bitrate in kbit/s.
+    /// Target video bitrate in kbit/s: the most the stream takes.
+    ///
+    /// While a viewer's link cannot carry the stream (it falls a quarter second behind and
+    /// skips to the next keyframe), the target is lowered by a quarter, at most once a second,
+    /// down to a tenth of this; four seconds after the last such lag it climbs back by a
+    /// twentieth a second. The target now is on /readyz and /metrics.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub bitrate_kbps: u32,
+    /// Keep --bitrate-kbps whatever the viewers' links: a viewer that cannot keep up skips
+    /// ahead to the next keyframe, and nobody else's picture changes.
+    #[arg(long)]
+    pub fixed_bitrate: bool,
     /// Video encoder and where the colour conversion runs.
     ///
     /// `auto`: NVENC fed by the CUDA conversion on a GPU that has NVENC; openh264 fed by the

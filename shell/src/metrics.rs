@@ -134,13 +134,15 @@ impl Collector for SessionCollector {
                 "frames_dropped",
                 "Frames lost before the broadcast ring, by reason: late (frame ticks skipped \
                  because the frame thread was late), oversize (access units too large for a \
-                 ring slot).",
+                 ring slot), rate (skipped by the encoder to hold a bitrate lowered for a slow \
+                 viewer).",
                 None,
                 MetricType::Counter,
             )?;
             for (reason, v) in [
                 ("late", load(&s.frames_dropped_late)),
                 ("oversize", load(&s.frames_dropped_oversize)),
+                ("rate", load(&s.frames_dropped_rate)),
             ] {
                 ConstCounter::new(v).encode(family.encode_family(&[("reason", reason)])?)?;
             }
@@ -180,6 +182,25 @@ impl Collector for SessionCollector {
             "viewer_lags",
             "Times a viewer fell a whole ring behind and skipped to the next keyframe.",
             self.ring.lagged(),
+        )?;
+        counter(
+            &mut enc,
+            "viewer_slow_links",
+            "Checks (four a second per viewer) that found a viewer's round trip 60 ms or more \
+             above its least: a queue in front of a link slower than the stream.",
+            self.ring.slow_links(),
+        )?;
+        gauge(
+            &mut enc,
+            "video_bitrate_target_bits_per_second",
+            "The encoder's target bitrate now: --bitrate-kbps, lowered while viewers lag.",
+            load(&s.bitrate_target_bps) as i64,
+        )?;
+        counter(
+            &mut enc,
+            "video_bitrate_decreases",
+            "Times the target bitrate was lowered because a viewer lagged or had a slow link.",
+            load(&s.bitrate_decreases),
         )?;
         counter(
             &mut enc,

@@ -37,6 +37,47 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// viewer, so a page whose decoder keeps failing (or a hostile one) must not turn the whole
 /// stream into IDRs. A new viewer's first IDR does not count.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a viewer's connection is checked for a queue in front of a slow link.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// A round trip this much above the least seen on the connection means a queue on the way:
+/// the stream is heavier than the link (see [`LinkProbe`]).
+pub const SLOW_LINK_QUEUE: Duration = Duration::from_millis(60);
+
+/// The TCP socket under a request's connection (a duplicate of its descriptor), put in the
+/// request's extensions by the accept loop, so that a viewer's link can be watched.
+#[derive(Debug, Clone)]
+pub struct ConnSocket(pub Arc<std::os::fd::OwnedFd>);
+
+/// Watches one viewer's link for a queue: a link slower than the stream fills the buffer in
+/// front of it, which the sender never sees as a full socket (the queue is in the network),
+/// only as a round trip grown above the least the connection has had. The kernel measures
+/// that round trip from the viewer's acknowledgements (`TCP_INFO`).
+#[derive(Debug)]
+pub struct LinkProbe {
+    socket: ConnSocket,
+    least_us: u32,
+}
+
+impl LinkProbe {
+    pub fn new(socket: ConnSocket) -> Self {
+        Self {
+            socket,
+            least_us: u32::MAX,
+        }
+    }
+
+    /// The delay of the queue on the way now: the smoothed round trip less the least seen.
+    /// `None` before the kernel has a measurement, or when it cannot be read.
+    pub fn queue(&mut self) -> Option<Duration> {
+        use std::os::fd::AsFd;
+        let rtt = playpod_ffi::tcp::smoothed_rtt_us(self.socket.0.as_fd()).ok()?;
+        if rtt == 0 {
+            return None;
+        }
+        self.least_us = self.least_us.min(rtt);
+        Some(Duration::from_micros(u64::from(rtt - self.least_us)))
+    }
+}
 
 /// The picture the session streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,6 +182,8 @@ pub struct AppState {
     pub stream: StreamInfo,
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    /// The frame thread's counters (the bitrate target on /readyz).
+    pub video: Arc<playpod_hotpath::stats::PipelineStats>,
     /// The player slots behind `/input/1` and `/input/2`.
     pub input: Arc<crate::input::Players>,
     /// The game's sound, when audio is on (`WS .../audio`).
@@ -264,6 +307,8 @@ struct Readiness<'a> {
     players: usize,
     idle_seconds: u64,
     frames_published: u64,
+    /// The encoder's target now: --bitrate-kbps, or less while viewers lag.
+    bitrate_kbps: u64,
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -281,6 +326,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         players: h.players.load(Ordering::Relaxed),
         idle_seconds: h.idle_seconds(),
         frames_published: app.ring.published(),
+        bitrate_kbps: app.video.bitrate_target_bps.load(Ordering::Relaxed) / 1000,
     };
     let status = if display_ok {
         StatusCode::OK
@@ -309,6 +355,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 async fn video(
     State(app): State<Arc<AppState>>,
     Path(token): Path<String>,
+    conn: Option<axum::Extension<ConnSocket>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !app.token_ok(&token) {
@@ -324,7 +371,8 @@ async fn video(
     };
     ws.on_upgrade(move |socket: WebSocket| async move {
         let (sink, stream) = socket.split();
-        stream_video(sink, stream, reader, &app).await;
+        let probe = conn.map(|axum::Extension(conn)| LinkProbe::new(conn));
+        stream_video(sink, stream, reader, probe, &app).await;
     })
 }
 
@@ -381,11 +429,14 @@ impl Drop for ViewerGuard<'_> {
 
 /// Serves one viewer: the config message, then every access unit from its ring reader, each
 /// behind the 16-byte header. Ends when the viewer goes, is too slow to take a message within
-/// ten seconds, or the stream ends. Generic over the socket so tests can drive it.
+/// ten seconds, or the stream ends. With `probe`, the viewer's link is checked every
+/// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring
+/// (the encoder's bitrate follows). Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
     mut reader: RingReader,
+    mut probe: Option<LinkProbe>,
     app: &AppState,
 ) where
     S: Sink<Message> + Unpin,
@@ -398,10 +449,21 @@ pub async fn stream_video<S, R>(
     let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
     let mut configured = false;
     let mut last_key_request: Option<tokio::time::Instant> = None;
+    let mut link_checks = tokio::time::interval(LINK_CHECK_INTERVAL);
+    link_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         buf.clear();
         buf.resize(MEDIA_HEADER_LEN, 0);
         let outcome = tokio::select! {
+            _ = link_checks.tick(), if probe.is_some() => {
+                if let Some(queue) = probe.as_mut().and_then(LinkProbe::queue)
+                    && queue >= SLOW_LINK_QUEUE
+                {
+                    tracing::debug!(queue_ms = queue.as_millis(), "a viewer's link holds a queue");
+                    app.ring.report_slow_link();
+                }
+                continue;
+            }
             outcome = std::future::poll_fn(|cx| reader.poll_read(cx, &mut buf)) => outcome,
             msg = incoming.next() => match msg {
                 // Pings are answered by the socket itself.

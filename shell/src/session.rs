@@ -185,6 +185,12 @@ impl Session {
             Some(converter) => stage.with_gpu_converter(converter),
             None => stage,
         };
+        let stage = if args.fixed_bitrate {
+            tracing::info!("--fixed-bitrate: the bitrate stays as set whatever the viewers' links");
+            stage
+        } else {
+            stage.adapt_bitrate(settings.bitrate_bps)
+        };
         let stage = if args.every_frame {
             tracing::info!("--every-frame: a frame on every tick, changed or not");
             stage
@@ -220,7 +226,7 @@ impl Session {
                 Some((threads, feed)) => (Some(threads), Some(feed)),
                 None => (None, None),
             };
-        let metrics = Metrics::new(stats, health.clone(), ring.clone())
+        let metrics = Metrics::new(stats.clone(), health.clone(), ring.clone())
             .with_input(players.stats().clone())
             .with_audio(audio_feed.clone());
         let state = Arc::new(AppState {
@@ -233,6 +239,7 @@ impl Session {
             },
             health,
             metrics,
+            video: stats,
             input: players,
             audio: audio_feed,
         });
@@ -388,7 +395,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
+                    crate::listen::tune_accepted(&tcp);
                     connections.spawn(serve_connection(tcp, app.clone(), tls.clone(), stop.clone()));
                 }
                 Err(err) => {
@@ -414,6 +421,14 @@ async fn serve_connection(
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Viewers' handlers watch their link through a duplicate of the socket's descriptor.
+    let app = match std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned() {
+        Ok(fd) => app.layer(axum::Extension(crate::server::ConnSocket(Arc::new(fd)))),
+        Err(err) => {
+            tracing::debug!(%err, "cannot duplicate a connection's descriptor");
+            app
+        }
+    };
     match tls {
         None => serve_http1(hyper_util::rt::TokioIo::new(tcp), app, stop).await,
         Some(acceptor) => {

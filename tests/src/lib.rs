@@ -236,9 +236,14 @@ impl Served {
 
     /// [`Served::start`], `configure` given the command before it is spawned.
     pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        Self::start_at(args, "127.0.0.1:0", configure)
+    }
+
+    /// [`Served::start_with`], listening on `listen` instead of loopback.
+    pub fn start_at(args: &[&str], listen: &str, configure: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = Command::new(playpod_bin());
         cmd.args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -7,6 +7,9 @@
 //!
 //! `missed` counts the access units a connection never got (gaps in the header's sequence
 //! number), so `missed: 0` means every viewer got every frame from the moment it joined.
+//! `age_ms` gives percentiles (p50, p95, p99, max) of each frame's age when it arrived: the
+//! viewer's clock minus the capture time in its header, so meaningful only with the server on
+//! the same machine (or clocks in step); `age_last_s_ms` the same over the last second of reading.
 //! `--save FILE` writes the first connection's access units, in order, from its first keyframe,
 //! as a raw Annex-B H.264 file that any decoder reads (`ffmpeg -i FILE ...`).
 //!
@@ -22,6 +25,8 @@ use std::time::Duration;
 use clap::Parser;
 use futures_util::StreamExt;
 use playpod::server::{KIND_VIDEO, MEDIA_HEADER_LEN};
+use playpod_hotpath::pipeline::unix_micros;
+use playpod_hotpath::stats::percentile;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -70,6 +75,8 @@ struct Tally {
     /// Binary messages too short for the header or of another kind, and text after the first.
     malformed: u64,
     last_seq: Option<u32>,
+    /// Each frame's age on arrival, µs, with the arrival time.
+    ages: Vec<(Instant, u32)>,
 }
 
 impl Tally {
@@ -91,6 +98,10 @@ impl Tally {
             }
         }
         self.last_seq = Some(seq);
+        let capture_us = u64::from_le_bytes(message[8..16].try_into().expect("8 bytes"));
+        let age = unix_micros().saturating_sub(capture_us);
+        self.ages
+            .push((Instant::now(), u32::try_from(age).unwrap_or(u32::MAX)));
         self.frames += 1;
         self.bytes += message.len() as u64;
         self.keyframes += u64::from(keyframe);
@@ -190,10 +201,40 @@ fn summary(ends: &[ViewEnd]) -> serde_json::Value {
         "malformed": sum(|t| t.malformed),
         "failed": ends.iter().filter(|e| e.error.is_some()).count(),
     });
+    let mut ages: Vec<u32> = ends
+        .iter()
+        .flat_map(|e| e.tally.ages.iter().map(|&(_, age)| age))
+        .collect();
+    out["age_ms"] = age_percentiles(&mut ages);
+    let end = ends
+        .iter()
+        .filter_map(|e| e.tally.ages.last().map(|&(at, _)| at))
+        .max();
+    let mut last: Vec<u32> = ends
+        .iter()
+        .flat_map(|e| e.tally.ages.iter())
+        .filter(|(at, _)| end.is_some_and(|end| end.duration_since(*at) < Duration::from_secs(1)))
+        .map(|&(_, age)| age)
+        .collect();
+    out["age_last_s_ms"] = age_percentiles(&mut last);
     if let Some(saved) = ends.first().and_then(|e| e.saved) {
         out["saved_units"] = saved.into();
     }
     out
+}
+
+/// `{"p50":..,"p95":..,"p99":..,"max":..}` in ms, or null with no frame.
+fn age_percentiles(ages: &mut [u32]) -> serde_json::Value {
+    let ms = |us: Option<u32>| us.map(|us| (f64::from(us) / 100.0).round() / 10.0);
+    if ages.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!({
+        "p50": ms(percentile(ages, 50.0)),
+        "p95": ms(percentile(ages, 95.0)),
+        "p99": ms(percentile(ages, 99.0)),
+        "max": ms(percentile(ages, 100.0)),
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
