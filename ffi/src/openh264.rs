@@ -2,7 +2,8 @@
 
 use openh264::encoder::Encoder;
 use openh264_sys2::{
-    ENCODER_OPTION_BITRATE, ENCODER_OPTION_RC_FRAME_SKIP, SBitrateInfo, SPATIAL_LAYER_ALL,
+    ENCODER_OPTION, ENCODER_OPTION_BITRATE, ENCODER_OPTION_RC_FRAME_SKIP, SBitrateInfo,
+    SPATIAL_LAYER_ALL,
 };
 
 /// openh264 refused a setting; its status code.
@@ -17,20 +18,8 @@ pub fn set_target_bitrate(encoder: &mut Encoder, bps: u32) -> Result<(), Openh26
         iLayer: SPATIAL_LAYER_ALL,
         iBitrate: i32::try_from(bps).unwrap_or(i32::MAX),
     };
-    // SAFETY: `raw_api` is the encoder's own API, initialised when the encoder was made and
-    // valid while we hold `&mut Encoder`, so nothing else uses it during the call.
-    // ENCODER_OPTION_BITRATE reads an `SBitrateInfo` through the pointer, only during the
-    // call; `info` is one, alive and exclusively borrowed until the call returns.
-    let status = unsafe {
-        encoder
-            .raw_api()
-            .set_option(ENCODER_OPTION_BITRATE, (&raw mut info).cast())
-    };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(Openh264OptionError(status))
-    }
+    // SAFETY: ENCODER_OPTION_BITRATE reads an `SBitrateInfo`.
+    unsafe { set_option(encoder, ENCODER_OPTION_BITRATE, &mut info) }
 }
 
 /// Lets the rate control skip frames (`true`) to hold a target the picture cannot be coded
@@ -38,12 +27,28 @@ pub fn set_target_bitrate(encoder: &mut Encoder, bps: u32) -> Result<(), Openh26
 /// gives an empty bitstream.
 pub fn set_frame_skip(encoder: &mut Encoder, skip: bool) -> Result<(), Openh264OptionError> {
     let mut value = skip;
-    // SAFETY: as in `set_target_bitrate`; ENCODER_OPTION_RC_FRAME_SKIP reads one `bool`
-    // through the pointer during the call, and `value` is one, alive until it returns.
+    // SAFETY: ENCODER_OPTION_RC_FRAME_SKIP reads a `bool`.
+    unsafe { set_option(encoder, ENCODER_OPTION_RC_FRAME_SKIP, &mut value) }
+}
+
+/// `SetOption(option, value)` on the encoder.
+///
+/// # Safety
+///
+/// `option` must be one that reads a `T` through its pointer.
+unsafe fn set_option<T>(
+    encoder: &mut Encoder,
+    option: ENCODER_OPTION,
+    value: &mut T,
+) -> Result<(), Openh264OptionError> {
+    // SAFETY: `raw_api` is the encoder's own API, initialised when the encoder was made and
+    // valid while we hold `&mut Encoder`, so nothing else uses it during the call. The option
+    // reads a `T` (the caller's promise) through the pointer, only during the call; `value` is
+    // one, alive and exclusively borrowed until the call returns.
     let status = unsafe {
         encoder
             .raw_api()
-            .set_option(ENCODER_OPTION_RC_FRAME_SKIP, (&raw mut value).cast())
+            .set_option(option, std::ptr::from_mut(value).cast())
     };
     if status == 0 {
         Ok(())

@@ -77,10 +77,11 @@ pub struct StreamArgs {
     pub fps: u32,
     /// Target video bitrate in kbit/s: the most the stream takes.
     ///
-    /// While a viewer's link cannot carry the stream (it falls a quarter second behind and
-    /// skips to the next keyframe), the target is lowered by a quarter, at most once a second,
-    /// down to a tenth of this; four seconds after the last such lag it climbs back by a
-    /// twentieth a second. The target now is on /readyz and /metrics.
+    /// While a viewer's link cannot carry the stream (its round trip grows 60 ms above the
+    /// least it has had, or it falls a quarter second behind and skips to the next keyframe),
+    /// the target is lowered by a quarter, at most once a second, down to a tenth of this, and
+    /// openh264 may skip frames; four seconds after the last such sign it climbs back by a
+    /// twentieth a second. NVENC keeps its bitrate. The target now is on /readyz and /metrics.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub bitrate_kbps: u32,
     /// Keep --bitrate-kbps whatever the viewers' links: a viewer that cannot keep up skips

@@ -77,7 +77,13 @@ impl Xvfb {
                 std::env::temp_dir()
             })
             .expect("temp dir");
-        let mut n = 200 + (std::process::id() % 500);
+        // Tests in one binary start their servers at the same moment: two of them trying the
+        // same free display at once, the loser's Xvfb could make its framebuffer, then fail to
+        // listen and remove it, after the winner's socket had already appeared. So each start
+        // in a process begins at a display of its own.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+        let mut n = 200 + (std::process::id() % 500) + 500 * (start % 8) + 4000 * (start / 8);
         loop {
             while display_taken(n) {
                 n += 1;
