@@ -538,7 +538,7 @@ async fn a_real_prometheus_scrapes_a_pod_and_the_control_plane() {
         .collect();
     assert_eq!(
         reasons,
-        BTreeSet::from(["late", "oversize"]),
+        BTreeSet::from(["late", "oversize", "rate"]),
         "playpod_frames_dropped_total by reason: {dropped:?}"
     );
     for old in [
