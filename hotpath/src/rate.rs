@@ -1,13 +1,14 @@
 //! Bitrate adaptation: one encoder feeds every viewer, so when a viewer's link cannot carry
 //! the stream, the stream gets lighter for a while.
 //!
-//! The signal is the ring's count of viewer troubles ([`crate::ring::RingWriter::viewer_troubles`]):
-//! a viewer whose socket does not take frames as fast as they come falls a whole ring behind,
-//! skips to the next keyframe and counts a lag (the kernel holds only a few unsent kilobytes
-//! per connection, so this happens within a quarter second of the link falling short, not
-//! after seconds of video queued); and a viewer whose connection's round trip has grown well
-//! above its least (a queue in front of a slow link somewhere on the way, which the sender
-//! never sees as a full socket) reports a slow link. Each trouble lowers the target by a
+//! The signal is the ring's count of viewer troubles ([`crate::ring::RingWriter::viewer_troubles`]),
+//! which the viewers' tasks report: a viewer whose socket does not take frames as fast as they
+//! come falls a whole ring behind and skips to the next keyframe (the kernel holds only a few
+//! unsent kilobytes per connection, so this happens within a quarter second of the link
+//! falling short, not after seconds of video queued); and a viewer whose connection's round
+//! trip has grown well above its least has a queue in front of a slow link somewhere on the
+//! way, which the sender never sees as a full socket. Which viewers count is the tasks' call
+//! (the players', or anyone's while no player is connected). Each trouble lowers the target by a
 //! quarter, at most once a second, down to a floor; after a few seconds with none the target
 //! climbs back by a twentieth of the configured bitrate a second. The configured bitrate is
 //! the ceiling: adaptation only ever takes away.

@@ -105,6 +105,8 @@ struct Shared {
     lagged: AtomicU64,
     /// Reports of viewers whose link holds a queue ([`Ring::report_slow_link`]).
     slow_links: AtomicU64,
+    /// Lags and slow links that count for the bitrate ([`Ring::report_trouble`]).
+    troubles: AtomicU64,
 }
 
 /// The ring. Make one with [`Ring::new`], which also gives the single [`RingWriter`].
@@ -155,6 +157,7 @@ impl Ring {
             readers: AtomicUsize::new(0),
             lagged: AtomicU64::new(0),
             slow_links: AtomicU64::new(0),
+            troubles: AtomicU64::new(0),
         });
         (
             Ring {
@@ -184,6 +187,7 @@ impl Ring {
             place,
             next: s.published.load(Ordering::Acquire),
             need_keyframe: true,
+            lags: 0,
         })
     }
 
@@ -216,6 +220,12 @@ impl Ring {
     /// Reports of [`Ring::report_slow_link`] so far.
     pub fn slow_links(&self) -> u64 {
         self.shared.slow_links.load(Ordering::Relaxed)
+    }
+
+    /// Says that a viewer whose link matters for the bitrate lagged or has a slow link: the
+    /// writer's bitrate adaptation counts these ([`RingWriter::viewer_troubles`]).
+    pub fn report_trouble(&self) {
+        self.shared.troubles.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The largest access unit a slot holds.
@@ -251,10 +261,10 @@ impl RingWriter {
         self.shared.readers.load(Ordering::Relaxed)
     }
 
-    /// Times a reader fell a whole ring behind or reported a slow link, since the start: each
-    /// says a viewer's link does not carry the stream.
+    /// Reports of [`Ring::report_trouble`] since the start: each says the link of a viewer
+    /// that matters does not carry the stream.
     pub fn viewer_troubles(&self) -> u64 {
-        self.shared.lagged.load(Ordering::Relaxed) + self.shared.slow_links.load(Ordering::Relaxed)
+        self.shared.troubles.load(Ordering::Relaxed)
     }
 
     /// Copies one access unit into the next slot and wakes the readers. Never blocks and
@@ -322,6 +332,8 @@ pub struct RingReader {
     next: u64,
     /// Skip frames until a keyframe (new reader, or one that lagged).
     need_keyframe: bool,
+    /// Times this reader fell a whole ring behind.
+    lags: u64,
 }
 
 impl std::fmt::Debug for RingReader {
@@ -329,6 +341,7 @@ impl std::fmt::Debug for RingReader {
         f.debug_struct("RingReader")
             .field("next", &self.next)
             .field("need_keyframe", &self.need_keyframe)
+            .field("lags", &self.lags)
             .finish_non_exhaustive()
     }
 }
@@ -340,13 +353,15 @@ impl RingReader {
             shared,
             next,
             need_keyframe,
+            lags,
             ..
         } = self;
         let s = &**shared;
-        let lag = |next: &mut u64, need_keyframe: &mut bool, published: u64| {
+        let lag = |next: &mut u64, need_keyframe: &mut bool, lags: &mut u64, published: u64| {
             // Fell behind: skip to the newest frame and ask for a keyframe to restart from.
             *next = published;
             *need_keyframe = true;
+            *lags += 1;
             s.lagged.fetch_add(1, Ordering::Relaxed);
             s.keyframe_wanted.store(true, Ordering::Release);
         };
@@ -364,7 +379,7 @@ impl RingReader {
                 continue;
             }
             if published - *next > s.slots.len() as u64 {
-                lag(next, need_keyframe, published);
+                lag(next, need_keyframe, lags, published);
                 continue;
             }
             let seq = *next;
@@ -372,7 +387,7 @@ impl RingReader {
             let stamp = slot.stamp.load(Ordering::Acquire);
             if stamp != 2 * seq + 2 {
                 // The writer has come round to this slot again.
-                lag(next, need_keyframe, published);
+                lag(next, need_keyframe, lags, published);
                 continue;
             }
             let keyframe = slot.keyframe.load(Ordering::Relaxed);
@@ -391,7 +406,12 @@ impl RingReader {
             fence(Ordering::Acquire);
             if slot.stamp.load(Ordering::Relaxed) != stamp {
                 out.truncate(start);
-                lag(next, need_keyframe, s.published.load(Ordering::Acquire));
+                lag(
+                    next,
+                    need_keyframe,
+                    lags,
+                    s.published.load(Ordering::Acquire),
+                );
                 continue;
             }
             *next += 1;
@@ -440,6 +460,11 @@ impl RingReader {
     /// Whether this reader is waiting for a keyframe.
     pub fn needs_keyframe(&self) -> bool {
         self.need_keyframe
+    }
+
+    /// Times this reader fell a whole ring behind and skipped ahead.
+    pub fn lags(&self) -> u64 {
+        self.lags
     }
 }
 
@@ -557,6 +582,15 @@ mod tests {
         assert_eq!(read(&mut slow), None);
         assert!(w.take_keyframe_request());
         assert_eq!(ring.lagged(), 1);
+        assert_eq!(
+            (slow.lags(), fast.lags()),
+            (1, 0),
+            "each reader knows its own lags"
+        );
+        // A lag alone does not count for the bitrate: the viewer's task says whether it does.
+        assert_eq!(w.viewer_troubles(), 0);
+        ring.report_trouble();
+        assert_eq!(w.viewer_troubles(), 1);
         w.publish(false, 21, b"d21").unwrap();
         w.publish(true, 22, b"k22").unwrap();
         assert_eq!(read(&mut slow).unwrap().1, b"k22");

@@ -87,7 +87,10 @@
   }
   const probeClock = (socket) => {
     if (socket.readyState === WebSocket.OPEN) {
-      socket.send(JSON.stringify({ ping: performance.timeOrigin + performance.now() }));
+      // The page's role goes with each probe: a player's slow link lowers the stream's bitrate,
+      // a spectator's only while no player is connected.
+      const player = Number(window.playpodInput && window.playpodInput.player) || null;
+      socket.send(JSON.stringify({ ping: performance.timeOrigin + performance.now(), player }));
     }
   };
 

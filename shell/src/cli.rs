@@ -77,8 +77,9 @@ pub struct StreamArgs {
     pub fps: u32,
     /// Target video bitrate in kbit/s: the most the stream takes.
     ///
-    /// While a viewer's link cannot carry the stream (its round trip grows 60 ms above the
-    /// least it has had, or it falls a quarter second behind and skips to the next keyframe),
+    /// While a player's link cannot carry the stream (its round trip grows 60 ms above the
+    /// least it has had, or it falls a quarter second behind and skips to the next keyframe;
+    /// a spectator's counts only while no player is connected),
     /// the target is lowered by a quarter, at most once a second, down to a tenth of this, and
     /// openh264 may skip frames; four seconds after the last such sign it climbs back by a
     /// twentieth a second. NVENC keeps its bitrate. The target now is on /readyz and /metrics.

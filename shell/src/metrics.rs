@@ -199,7 +199,8 @@ impl Collector for SessionCollector {
         counter(
             &mut enc,
             "video_bitrate_decreases",
-            "Times the target bitrate was lowered because a viewer lagged or had a slow link.",
+            "Times the target bitrate was lowered because a player's viewer (any viewer while no \
+             player is connected) lagged or had a slow link.",
             load(&s.bitrate_decreases),
         )?;
         counter(

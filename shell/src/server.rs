@@ -409,6 +409,20 @@ pub fn pong_reply(text: &str, now_us: u64) -> Option<String> {
     Some(serde_json::json!({ "pong": ping, "serverUs": now_us }).to_string())
 }
 
+/// Whether a viewer's message says its page is a player's: `{"player":1}` or `{"player":2}`
+/// yes, `{"player":null}` no (the player sends its role with each clock probe); `None` when the
+/// message says nothing of it.
+pub fn claims_player(text: &str) -> Option<bool> {
+    if text.len() > 128 {
+        return None;
+    }
+    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
+    match msg.as_object()?.get("player")? {
+        serde_json::Value::Null => Some(false),
+        v => Some(matches!(v.as_u64(), Some(1 | 2))),
+    }
+}
+
 /// Counts a viewer for as long as it lives.
 struct ViewerGuard<'a>(&'a Health);
 
@@ -430,8 +444,10 @@ impl Drop for ViewerGuard<'_> {
 /// Serves one viewer: the config message, then every access unit from its ring reader, each
 /// behind the 16-byte header. Ends when the viewer goes, is too slow to take a message within
 /// ten seconds, or the stream ends. With `probe`, the viewer's link is checked every
-/// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring
-/// (the encoder's bitrate follows). Generic over the socket so tests can drive it.
+/// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring.
+/// Such a slow link, or a lag in the ring, lowers the encoder's bitrate when it is a player's
+/// (the page says so with its clock probes) or when no player is connected: a spectator on a
+/// weak link only skips ahead while players watch. Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
@@ -449,6 +465,10 @@ pub async fn stream_video<S, R>(
     let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
     let mut configured = false;
     let mut last_key_request: Option<tokio::time::Instant> = None;
+    let mut is_player = false;
+    let mut lags = reader.lags();
+    // Whether this viewer's troubles count for the bitrate.
+    let counts = |is_player: bool| is_player || health.players.load(Ordering::Relaxed) == 0;
     let mut link_checks = tokio::time::interval(LINK_CHECK_INTERVAL);
     link_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -459,8 +479,11 @@ pub async fn stream_video<S, R>(
                 if let Some(queue) = probe.as_mut().and_then(LinkProbe::queue)
                     && queue >= SLOW_LINK_QUEUE
                 {
-                    tracing::debug!(queue_ms = queue.as_millis(), "a viewer's link holds a queue");
+                    tracing::debug!(queue_ms = queue.as_millis(), is_player, "a viewer's link holds a queue");
                     app.ring.report_slow_link();
+                    if counts(is_player) {
+                        app.ring.report_trouble();
+                    }
                 }
                 continue;
             }
@@ -486,6 +509,9 @@ pub async fn stream_video<S, R>(
                 // The player estimates the offset between its clock and ours, so that its
                 // overlay's capture -> decoded latency holds across machines.
                 Some(Ok(Message::Text(t))) => {
+                    if let Some(player) = claims_player(t.as_str()) {
+                        is_player = player;
+                    }
                     if let Some(reply) = pong_reply(t.as_str(), unix_micros())
                         && !send(&mut sink, Message::Text(reply.into()), health).await
                     {
@@ -496,6 +522,12 @@ pub async fn stream_video<S, R>(
                 Some(Ok(_)) => continue,
             },
         };
+        if reader.lags() != lags {
+            lags = reader.lags();
+            if counts(is_player) {
+                app.ring.report_trouble();
+            }
+        }
         let meta = match outcome {
             ReadOutcome::Frame(meta) => meta,
             ReadOutcome::Empty => continue,
@@ -581,6 +613,21 @@ mod tests {
             [1, 1, 0, 0, 2, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1],
             "kind, flags, reserved, u32 seq (wrapping), u64 capture time, little-endian"
         );
+    }
+
+    #[test]
+    fn a_page_says_whether_it_is_a_players() {
+        assert_eq!(claims_player(r#"{"ping":5,"player":1}"#), Some(true));
+        assert_eq!(claims_player(r#"{"ping":5,"player":2}"#), Some(true));
+        assert_eq!(claims_player(r#"{"ping":5,"player":null}"#), Some(false));
+        for other in [r#"{"player":3}"#, r#"{"player":"1"}"#, r#"{"player":true}"#] {
+            assert_eq!(claims_player(other), Some(false), "{other}");
+        }
+        for silent in ["keyframe", r#"{"ping":5}"#, "[1]", ""] {
+            assert_eq!(claims_player(silent), None, "{silent}");
+        }
+        // The clock probe with a role still gets its answer.
+        assert!(pong_reply(r#"{"ping":5,"player":1}"#, 9).is_some());
     }
 
     #[test]

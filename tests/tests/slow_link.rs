@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use playpod_hotpath::pipeline::unix_micros;
 use playpod_tests::soak::metric_value;
 use playpod_tests::{Served, Xvfb, start_game};
@@ -50,14 +50,17 @@ fn run(args: &[&str]) -> Result<(), String> {
 /// Traffic from this namespace into the new one goes at `kbit` kbit/s, with a queue of up to
 /// 400 ms in front of it.
 fn shaped_link(kbit: u32) -> Result<ShapedLink, String> {
+    // Tests run in parallel: each link has names and a subnet of its own.
+    static LINKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = LINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = std::process::id();
-    let (a, b) = (id % 200 + 20, id / 200 % 250);
+    let (a, b) = (id % 200 + 20, (id / 200 * 4 + n) % 250);
     let link = ShapedLink {
-        ns: format!("playpod-slow-{id}"),
-        host_if: format!("pps{id}a"),
+        ns: format!("playpod-slow-{id}-{n}"),
+        host_if: format!("pps{id}{n}a"),
         host_ip: format!("10.{a}.{b}.1"),
     };
-    let peer_if = format!("pps{id}b");
+    let peer_if = format!("pps{id}{n}b");
     let peer_ip = format!("10.{a}.{b}.2/24");
     run(&["ip", "netns", "add", &link.ns])?;
     run(&[
@@ -114,6 +117,17 @@ struct Arrival {
 
 /// Reads the video WebSocket at `url` for `seconds` from inside the namespace `ns`.
 fn view_from(ns: &str, url: String, seconds: u64) -> Vec<Arrival> {
+    view_from_saying(ns, url, seconds, None)
+}
+
+/// [`view_from`], sending the text `say.1` on the socket `say.0` after the start, as the page
+/// does with its clock probes.
+fn view_from_saying(
+    ns: &str,
+    url: String,
+    seconds: u64,
+    say: Option<(Duration, &'static str)>,
+) -> Vec<Arrival> {
     let ns = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
     std::thread::spawn(move || {
         playpod_ffi::tcp::enter_network_namespace(&ns).expect("enter the namespace");
@@ -128,7 +142,21 @@ fn view_from(ns: &str, url: String, seconds: u64) -> Vec<Arrival> {
                 .await
                 .expect("connect from the namespace");
             let mut got = Vec::new();
-            while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let mut say = say;
+            loop {
+                let until = match say {
+                    Some((at, _)) => deadline.min(tokio::time::Instant::from_std(start + at)),
+                    None => deadline,
+                };
+                let msg = match tokio::time::timeout_at(until, ws.next()).await {
+                    Ok(Some(Ok(msg))) => msg,
+                    Err(_) if until < deadline => {
+                        let (_, text) = say.take().expect("a message to send");
+                        ws.send(Message::text(text)).await.expect("send");
+                        continue;
+                    }
+                    _ => break,
+                };
                 if let Message::Binary(b) = msg
                     && b.len() >= 16
                 {
@@ -219,5 +247,114 @@ fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
         p50 < 150.0,
         "frames arrive {p50:.0} ms old (median over the last 12 s): a queue stands"
     );
+    assert!(pod.terminate().success());
+}
+
+/// A player connected on `/input/1` from this namespace, answering the pod's pings, until
+/// dropped.
+struct Player {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Player {
+    fn connect(url: String) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .expect("connect the player");
+                ready_tx.send(()).unwrap();
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        msg = ws.next() => if !matches!(msg, Some(Ok(_))) { break },
+                    }
+                }
+                let _ = ws.close(None).await;
+            });
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the player connected");
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(std::thread::JoinHandle::join);
+    }
+}
+
+#[test]
+fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
+    let link = match shaped_link(600) {
+        Ok(link) => link,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot make a shaped network namespace here ({why})");
+            return;
+        }
+    };
+    let xvfb = Xvfb::start(384, 384);
+    let _game = start_game(&xvfb.name(), "plasma", (384, 384));
+    let args = xvfb.pod_args(&["--bitrate-kbps", "1500"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut pod = Served::start_at(&args, &format!("{}:0", link.host_ip), |_| {});
+    let ws_base = pod.url.replacen("http://", "ws://", 1);
+    let _player = Player::connect(format!("{ws_base}input/1"));
+    let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
+    assert_eq!(value(&pod, "playpod_players"), 1.0);
+    // A spectator behind the slow link for 10 s, then it says it is player 1 (as a player's page
+    // does with each clock probe) and watches 10 s more.
+    let ns = link.ns.clone();
+    let viewer = std::thread::spawn(move || {
+        view_from_saying(
+            &ns,
+            format!("{ws_base}video"),
+            20,
+            Some((Duration::from_secs(10), r#"{"ping":1,"player":1}"#)),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(9_500));
+    let slow_links = value(&pod, "playpod_viewer_slow_links_total");
+    let lags = value(&pod, "playpod_viewer_lags_total");
+    let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
+    let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
+    eprintln!(
+        "a spectator on the slow link, a player elsewhere: {slow_links} slow-link reports, {lags} \
+         lags, {decreases} decreases, target {:.0} kbit/s",
+        target / 1000.0
+    );
+    assert!(
+        slow_links + lags >= 1.0,
+        "the spectator's link was never seen slow"
+    );
+    assert_eq!(decreases, 0.0, "a spectator lowered the players' bitrate");
+    assert_eq!(target, 1_500_000.0);
+    let got = viewer.join().expect("the viewer thread");
+    let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
+    let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
+    eprintln!(
+        "then as player 1: {decreases} decreases, target {:.0} kbit/s; {} frames in all",
+        target / 1000.0,
+        got.len()
+    );
+    assert!(
+        decreases >= 1.0,
+        "a player's slow link did not lower the bitrate"
+    );
+    assert!(target < 1_500_000.0);
     assert!(pod.terminate().success());
 }
