@@ -180,25 +180,54 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-#[test]
-fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
+/// A pod streaming the 384x384 plasma at 1500 kbit/s (with `extra` flags), listening on a
+/// 600 kbit/s link's near end, and what it runs on.
+struct Behind {
+    pod: Served,
+    _game: playpod_tests::Guard,
+    _xvfb: Xvfb,
+    link: ShapedLink,
+}
+
+/// [`Behind`], or `None` (having said why) where no shaped link can be made.
+fn plasma_pod_behind_a_slow_link(extra: &str) -> Option<Behind> {
     let link = match shaped_link(600) {
         Ok(link) => link,
         Err(why) => {
             eprintln!("SKIPPED: cannot make a shaped network namespace here ({why})");
-            return;
+            return None;
         }
     };
     let xvfb = Xvfb::start(384, 384);
-    let _game = start_game(&xvfb.name(), "plasma", (384, 384));
-    // PLAYPOD_SLOW_LINK_ARGS adds pod flags, to see the same link without adaptation:
-    // PLAYPOD_SLOW_LINK_ARGS=--fixed-bitrate (the test then fails, printing its figures).
-    let extra = std::env::var("PLAYPOD_SLOW_LINK_ARGS").unwrap_or_default();
+    let game = start_game(&xvfb.name(), "plasma", (384, 384));
     let mut flags = vec!["--bitrate-kbps", "1500"];
     flags.extend(extra.split_whitespace());
     let args = xvfb.pod_args(&flags);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut pod = Served::start_at(&args, &format!("{}:0", link.host_ip), |_| {});
+    let pod = Served::start_at(&args, &format!("{}:0", link.host_ip), |_| {});
+    Some(Behind {
+        pod,
+        _game: game,
+        _xvfb: xvfb,
+        link,
+    })
+}
+
+#[test]
+fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
+    // PLAYPOD_SLOW_LINK_ARGS adds pod flags, to see the same link without adaptation:
+    // PLAYPOD_SLOW_LINK_ARGS=--fixed-bitrate (the test then fails, printing its figures).
+    let extra = std::env::var("PLAYPOD_SLOW_LINK_ARGS").unwrap_or_default();
+    // Bound in this order, dropped in the reverse: the pod, its game, the screen, the link.
+    let Some(Behind {
+        link,
+        _xvfb,
+        _game,
+        mut pod,
+    }) = plasma_pod_behind_a_slow_link(&extra)
+    else {
+        return;
+    };
     let video = format!(
         "{}video",
         pod.url
@@ -300,18 +329,16 @@ impl Drop for Player {
 
 #[test]
 fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
-    let link = match shaped_link(600) {
-        Ok(link) => link,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot make a shaped network namespace here ({why})");
-            return;
-        }
+    // Bound in this order, dropped in the reverse: the pod, its game, the screen, the link.
+    let Some(Behind {
+        link,
+        _xvfb,
+        _game,
+        mut pod,
+    }) = plasma_pod_behind_a_slow_link("")
+    else {
+        return;
     };
-    let xvfb = Xvfb::start(384, 384);
-    let _game = start_game(&xvfb.name(), "plasma", (384, 384));
-    let args = xvfb.pod_args(&["--bitrate-kbps", "1500"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut pod = Served::start_at(&args, &format!("{}:0", link.host_ip), |_| {});
     let ws_base = pod.url.replacen("http://", "ws://", 1);
     let _player = Player::connect(format!("{ws_base}input/1"));
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
