@@ -3,9 +3,19 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// The connection's smoothed round-trip time in µs, as the kernel measures it from the peer's
-/// acknowledgements. It grows with the data queued in front of the slowest link on the way.
-pub fn smoothed_rtt_us(sock: BorrowedFd<'_>) -> io::Result<u32> {
+/// What the kernel measures of a connection's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The smoothed round-trip time in µs, from the peer's acknowledgements: it grows with
+    /// the data queued in front of the slowest link on the way. 0 before the first sample.
+    pub smoothed_rtt_us: u32,
+    /// The latest delivery rate sample in bytes a second: while a queue stands in front of the
+    /// slowest link, what that link carries.
+    pub delivery_rate: u64,
+}
+
+/// The connection's [`PathInfo`] (`TCP_INFO`).
+pub fn path_info(sock: BorrowedFd<'_>) -> io::Result<PathInfo> {
     // SAFETY: `tcp_info` is plain integers, for which all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -23,7 +33,10 @@ pub fn smoothed_rtt_us(sock: BorrowedFd<'_>) -> io::Result<u32> {
     if status != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info.tcpi_rtt)
+    Ok(PathInfo {
+        smoothed_rtt_us: info.tcpi_rtt,
+        delivery_rate: info.tcpi_delivery_rate,
+    })
 }
 
 /// Moves the calling thread (only it) into the network namespace `ns` (a file such as
@@ -46,7 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_loopback_connection_has_a_short_round_trip_and_a_file_has_none() {
+    fn a_loopback_connection_has_a_short_round_trip_and_a_rate_and_a_file_has_neither() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut served, _) = listener.accept().unwrap();
@@ -56,9 +69,10 @@ mod tests {
             let mut got = [0; 4];
             client.read_exact(&mut got).unwrap();
         }
-        let rtt = smoothed_rtt_us(served.as_fd()).unwrap();
-        assert!(rtt < 100_000, "{rtt} µs on loopback");
+        let path = path_info(served.as_fd()).unwrap();
+        assert!(path.smoothed_rtt_us < 100_000, "{path:?} on loopback");
+        assert!(path.delivery_rate > 0, "{path:?}: bytes were delivered");
         let file = tempfile::tempfile().unwrap();
-        assert!(smoothed_rtt_us(file.as_fd()).is_err());
+        assert!(path_info(file.as_fd()).is_err());
     }
 }

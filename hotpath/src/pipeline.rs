@@ -298,9 +298,13 @@ impl FrameStage {
             return;
         };
         let before = adapt.current_bps();
-        let Some(bps) = adapt.update(now, self.writer.viewer_troubles()) else {
+        let link = self.writer.trouble_rate();
+        let Some(bps) = adapt.update(now, self.writer.viewer_troubles(), link) else {
             return;
         };
+        if bps < before {
+            self.writer.clear_trouble_rate();
+        }
         match self.encoder.set_bitrate(bps) {
             Ok(()) => {
                 self.stats
@@ -799,7 +803,7 @@ mod tests {
         make_a_reader_lag(&mut r);
         r.stage.run_once(Instant::now(), unix_micros()).unwrap();
         assert_eq!(target(&r), 300_000);
-        r.ring.report_trouble();
+        r.ring.report_trouble(None);
         r.stage.run_once(Instant::now(), unix_micros()).unwrap();
         assert_eq!(target(&r), 225_000);
         assert_eq!(r.stats.bitrate_decreases.load(Ordering::Relaxed), 1);
@@ -834,7 +838,7 @@ mod tests {
         r.stage.encoder = Box::new(Fixed(Openh264Encoder::new(settings).unwrap()));
         r.stage = r.stage.adapt_bitrate(300_000);
         make_a_reader_lag(&mut r);
-        r.ring.report_trouble();
+        r.ring.report_trouble(None);
         r.stage.run_once(Instant::now(), unix_micros()).unwrap();
         assert!(r.stage.adapt.is_none());
         assert_eq!(r.stats.bitrate_target_bps.load(Ordering::Relaxed), 300_000);

@@ -37,6 +37,9 @@ pub const DECREASE_GAP: Duration = Duration::from_secs(1);
 pub const CALM: Duration = Duration::from_secs(4);
 /// The time between two increases.
 pub const INCREASE_GAP: Duration = Duration::from_secs(1);
+/// The share of a troubled link's measured rate a decrease goes to at most: the rest is room
+/// for the stream's peaks (keyframes) and for the queue in front of the link to drain.
+pub const LINK_SHARE: f64 = 0.8;
 
 impl RateAdapt {
     /// Starts at `max_bps`, the ceiling; the floor is a tenth of it, and at least 100 kbit/s
@@ -63,8 +66,11 @@ impl RateAdapt {
         self.floor_bps
     }
 
-    /// Takes the ring's trouble count `lags` at `now`; returns the new target when it changes.
-    pub fn update(&mut self, now: Instant, lags: u64) -> Option<u32> {
+    /// Takes the ring's trouble count `lags` at `now`, with the least rate a troubled link was
+    /// seen to carry, if known; returns the new target when it changes. A decrease goes to a
+    /// quarter below the target, or to [`LINK_SHARE`] of the link's rate where that is lower,
+    /// so a stream far too heavy for a link is brought down in one step.
+    pub fn update(&mut self, now: Instant, lags: u64, link_bps: Option<u64>) -> Option<u32> {
         if lags != self.lags {
             self.lags = lags;
             self.last_lag = Some(now);
@@ -72,7 +78,9 @@ impl RateAdapt {
                 .last_decrease
                 .is_none_or(|at| now.saturating_duration_since(at) >= DECREASE_GAP);
             if gap_passed && self.current_bps > self.floor_bps {
-                let lower = (u64::from(self.current_bps) * 3 / 4) as u32;
+                let quarter_off = u64::from(self.current_bps) * 3 / 4;
+                let link_share = link_bps.map_or(u64::MAX, |bps| (bps as f64 * LINK_SHARE) as u64);
+                let lower = quarter_off.min(link_share) as u32;
                 return self.set(lower.max(self.floor_bps), now, true);
             }
             return None;
@@ -110,14 +118,18 @@ mod tests {
     fn a_lag_lowers_the_target_by_a_quarter_at_most_once_a_second() {
         let t0 = Instant::now();
         let mut r = RateAdapt::new(2_500_000, 7, t0);
-        assert_eq!(r.update(t0, 7), None, "no lag, already at the ceiling");
-        assert_eq!(r.update(t0 + S / 10, 8), Some(1_875_000));
         assert_eq!(
-            r.update(t0 + S / 2, 9),
+            r.update(t0, 7, None),
+            None,
+            "no lag, already at the ceiling"
+        );
+        assert_eq!(r.update(t0 + S / 10, 8, None), Some(1_875_000));
+        assert_eq!(
+            r.update(t0 + S / 2, 9, None),
             None,
             "too soon after the last decrease"
         );
-        assert_eq!(r.update(t0 + S / 10 + S, 10), Some(1_406_250));
+        assert_eq!(r.update(t0 + S / 10 + S, 10, None), Some(1_406_250));
         assert_eq!(r.current_bps(), 1_406_250);
     }
 
@@ -127,7 +139,7 @@ mod tests {
         let mut r = RateAdapt::new(2_500_000, 0, t0);
         let mut last = None;
         for i in 1..=20u32 {
-            if let Some(bps) = r.update(t0 + S * i, u64::from(i)) {
+            if let Some(bps) = r.update(t0 + S * i, u64::from(i), None) {
                 last = Some(bps);
             }
         }
@@ -135,7 +147,7 @@ mod tests {
         assert_eq!(r.current_bps(), r.floor_bps());
         // A low ceiling is its own floor: nothing to take away below 100 kbit/s.
         let mut low = RateAdapt::new(100_000, 0, t0);
-        assert_eq!(low.update(t0 + S, 1), None);
+        assert_eq!(low.update(t0 + S, 1, None), None);
         assert_eq!(low.current_bps(), 100_000);
     }
 
@@ -143,37 +155,57 @@ mod tests {
     fn after_a_calm_the_target_climbs_back_to_the_ceiling_and_no_further() {
         let t0 = Instant::now();
         let mut r = RateAdapt::new(2_000_000, 0, t0);
-        assert_eq!(r.update(t0, 1), Some(1_500_000));
+        assert_eq!(r.update(t0, 1, None), Some(1_500_000));
         // Calm, but not for long enough yet.
-        assert_eq!(r.update(t0 + CALM - S / 10, 1), None);
-        assert_eq!(r.update(t0 + CALM, 1), Some(1_600_000));
-        assert_eq!(r.update(t0 + CALM + S / 2, 1), None, "one step a second");
+        assert_eq!(r.update(t0 + CALM - S / 10, 1, None), None);
+        assert_eq!(r.update(t0 + CALM, 1, None), Some(1_600_000));
+        assert_eq!(
+            r.update(t0 + CALM + S / 2, 1, None),
+            None,
+            "one step a second"
+        );
         let mut t = t0 + CALM;
         let mut steps = 1;
         while r.current_bps() < 2_000_000 {
             t += S;
-            if r.update(t, 1).is_some() {
+            if r.update(t, 1, None).is_some() {
                 steps += 1;
             }
             assert!(steps < 10, "climbs in steps of a twentieth");
         }
         assert_eq!(steps, 5);
-        assert_eq!(r.update(t + S * 10, 1), None, "never above the ceiling");
+        assert_eq!(
+            r.update(t + S * 10, 1, None),
+            None,
+            "never above the ceiling"
+        );
+    }
+
+    #[test]
+    fn a_link_rate_brings_the_target_down_in_one_step() {
+        let t0 = Instant::now();
+        let mut r = RateAdapt::new(1_500_000, 0, t0);
+        // A link carrying 600 kbit/s: straight to 80 % of it, not a quarter off.
+        assert_eq!(r.update(t0, 1, Some(600_000)), Some(480_000));
+        // A rate above a quarter off leaves the quarter.
+        assert_eq!(r.update(t0 + S, 2, Some(10_000_000)), Some(360_000));
+        // Never below the floor.
+        assert_eq!(r.update(t0 + S * 2, 3, Some(1_000)), Some(150_000));
     }
 
     #[test]
     fn a_lag_while_climbing_starts_the_calm_again() {
         let t0 = Instant::now();
         let mut r = RateAdapt::new(2_000_000, 0, t0);
-        r.update(t0, 1);
-        assert_eq!(r.update(t0 + CALM, 1), Some(1_600_000));
+        r.update(t0, 1, None);
+        assert_eq!(r.update(t0 + CALM, 1, None), Some(1_600_000));
         // Lags come in a burst: the first lowers, the next ones (within the gap) do not, but
         // each restarts the calm.
-        assert_eq!(r.update(t0 + CALM + S / 10, 2), Some(1_200_000));
-        assert_eq!(r.update(t0 + CALM + S / 2, 3), None);
-        assert_eq!(r.update(t0 + CALM + S / 2 + CALM - S / 10, 3), None);
+        assert_eq!(r.update(t0 + CALM + S / 10, 2, None), Some(1_200_000));
+        assert_eq!(r.update(t0 + CALM + S / 2, 3, None), None);
+        assert_eq!(r.update(t0 + CALM + S / 2 + CALM - S / 10, 3, None), None);
         assert_eq!(
-            r.update(t0 + CALM + S / 2 + CALM, 3),
+            r.update(t0 + CALM + S / 2 + CALM, 3, None),
             Some(1_300_000),
             "the calm counts from the last lag"
         );

@@ -107,6 +107,9 @@ struct Shared {
     slow_links: AtomicU64,
     /// Lags and slow links that count for the bitrate ([`Ring::report_trouble`]).
     troubles: AtomicU64,
+    /// The least rate (bit/s) a trouble's link was seen to carry since the writer last
+    /// cleared it; `u64::MAX` for none.
+    trouble_rate: AtomicU64,
 }
 
 /// The ring. Make one with [`Ring::new`], which also gives the single [`RingWriter`].
@@ -158,6 +161,7 @@ impl Ring {
             lagged: AtomicU64::new(0),
             slow_links: AtomicU64::new(0),
             troubles: AtomicU64::new(0),
+            trouble_rate: AtomicU64::new(u64::MAX),
         });
         (
             Ring {
@@ -222,9 +226,13 @@ impl Ring {
         self.shared.slow_links.load(Ordering::Relaxed)
     }
 
-    /// Says that a viewer whose link matters for the bitrate lagged or has a slow link: the
-    /// writer's bitrate adaptation counts these ([`RingWriter::viewer_troubles`]).
-    pub fn report_trouble(&self) {
+    /// Says that a viewer whose link matters for the bitrate lagged or has a slow link, and,
+    /// where known, the bits a second that link was seen to carry: the writer's bitrate
+    /// adaptation counts these ([`RingWriter::viewer_troubles`], [`RingWriter::trouble_rate`]).
+    pub fn report_trouble(&self, link_bps: Option<u64>) {
+        if let Some(bps) = link_bps {
+            self.shared.trouble_rate.fetch_min(bps, Ordering::Relaxed);
+        }
         self.shared.troubles.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -265,6 +273,16 @@ impl RingWriter {
     /// that matters does not carry the stream.
     pub fn viewer_troubles(&self) -> u64 {
         self.shared.troubles.load(Ordering::Relaxed)
+    }
+
+    /// The least link rate reported with a trouble since [`RingWriter::clear_trouble_rate`].
+    pub fn trouble_rate(&self) -> Option<u64> {
+        Some(self.shared.trouble_rate.load(Ordering::Relaxed)).filter(|&r| r != u64::MAX)
+    }
+
+    /// Forgets the link rates reported so far (once a decrease has used them).
+    pub fn clear_trouble_rate(&self) {
+        self.shared.trouble_rate.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Copies one access unit into the next slot and wakes the readers. Never blocks and
@@ -589,8 +607,18 @@ mod tests {
         );
         // A lag alone does not count for the bitrate: the viewer's task says whether it does.
         assert_eq!(w.viewer_troubles(), 0);
-        ring.report_trouble();
-        assert_eq!(w.viewer_troubles(), 1);
+        ring.report_trouble(None);
+        assert_eq!((w.viewer_troubles(), w.trouble_rate()), (1, None));
+        ring.report_trouble(Some(900_000));
+        ring.report_trouble(Some(600_000));
+        ring.report_trouble(Some(800_000));
+        assert_eq!(
+            (w.viewer_troubles(), w.trouble_rate()),
+            (4, Some(600_000)),
+            "the least"
+        );
+        w.clear_trouble_rate();
+        assert_eq!(w.trouble_rate(), None);
         w.publish(false, 21, b"d21").unwrap();
         w.publish(true, 22, b"k22").unwrap();
         assert_eq!(read(&mut slow).unwrap().1, b"k22");

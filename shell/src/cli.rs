@@ -80,7 +80,8 @@ pub struct StreamArgs {
     /// While a player's link cannot carry the stream (its round trip grows 60 ms above the
     /// least it has had, or it falls a quarter second behind and skips to the next keyframe;
     /// a spectator's counts only while no player is connected),
-    /// the target is lowered by a quarter, at most once a second, down to a tenth of this, and
+    /// the target is lowered by a quarter (or to 80 % of what the kernel saw that link
+    /// deliver, where lower), at most once a second, down to a tenth of this, and
     /// openh264 may skip frames; four seconds after the last such sign it climbs back by a
     /// twentieth a second. NVENC keeps its bitrate. The target now is on /readyz and /metrics.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]

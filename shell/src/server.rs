@@ -66,17 +66,29 @@ impl LinkProbe {
         }
     }
 
-    /// The delay of the queue on the way now: the smoothed round trip less the least seen.
-    /// `None` before the kernel has a measurement, or when it cannot be read.
-    pub fn queue(&mut self) -> Option<Duration> {
+    /// The link now: the delay of the queue on the way (the smoothed round trip less the
+    /// least seen) and the bits a second the kernel last saw delivered. `None` before the
+    /// kernel has a measurement, or when it cannot be read.
+    pub fn check(&mut self) -> Option<LinkCheck> {
         use std::os::fd::AsFd;
-        let rtt = playpod_ffi::tcp::smoothed_rtt_us(self.socket.0.as_fd()).ok()?;
-        if rtt == 0 {
+        let path = playpod_ffi::tcp::path_info(self.socket.0.as_fd()).ok()?;
+        if path.smoothed_rtt_us == 0 {
             return None;
         }
-        self.least_us = self.least_us.min(rtt);
-        Some(Duration::from_micros(u64::from(rtt - self.least_us)))
+        self.least_us = self.least_us.min(path.smoothed_rtt_us);
+        Some(LinkCheck {
+            queue: Duration::from_micros(u64::from(path.smoothed_rtt_us - self.least_us)),
+            delivered_bps: Some(path.delivery_rate.saturating_mul(8)).filter(|&r| r > 0),
+        })
     }
+}
+
+/// What [`LinkProbe::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkCheck {
+    pub queue: Duration,
+    /// What the link carried in the kernel's latest sample, bits a second.
+    pub delivered_bps: Option<u64>,
 }
 
 /// The picture the session streams.
@@ -476,13 +488,18 @@ pub async fn stream_video<S, R>(
         buf.resize(MEDIA_HEADER_LEN, 0);
         let outcome = tokio::select! {
             _ = link_checks.tick(), if probe.is_some() => {
-                if let Some(queue) = probe.as_mut().and_then(LinkProbe::queue)
-                    && queue >= SLOW_LINK_QUEUE
+                if let Some(link) = probe.as_mut().and_then(LinkProbe::check)
+                    && link.queue >= SLOW_LINK_QUEUE
                 {
-                    tracing::debug!(queue_ms = queue.as_millis(), is_player, "a viewer's link holds a queue");
+                    tracing::debug!(
+                        queue_ms = link.queue.as_millis(),
+                        delivered_bps = link.delivered_bps,
+                        is_player,
+                        "a viewer's link holds a queue"
+                    );
                     app.ring.report_slow_link();
                     if counts(is_player) {
-                        app.ring.report_trouble();
+                        app.ring.report_trouble(link.delivered_bps);
                     }
                 }
                 continue;
@@ -525,7 +542,9 @@ pub async fn stream_video<S, R>(
         if reader.lags() != lags {
             lags = reader.lags();
             if counts(is_player) {
-                app.ring.report_trouble();
+                let link = probe.as_mut().and_then(LinkProbe::check);
+                app.ring
+                    .report_trouble(link.and_then(|link| link.delivered_bps));
             }
         }
         let meta = match outcome {

@@ -342,7 +342,12 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     let ws_base = pod.url.replacen("http://", "ws://", 1);
     let _player = Player::connect(format!("{ws_base}input/1"));
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
-    assert_eq!(value(&pod, "playpod_players"), 1.0);
+    // The pod counts the player once its input thread has it, a moment after the handshake.
+    let counted = Instant::now() + Duration::from_secs(10);
+    while value(&pod, "playpod_players") != 1.0 {
+        assert!(Instant::now() < counted, "the pod never counted the player");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A spectator behind the slow link for 10 s, then it says it is player 1 (as a player's page
     // does with each clock probe) and watches 10 s more.
     let ns = link.ns.clone();
