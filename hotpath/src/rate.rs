@@ -9,7 +9,8 @@
 //! trip has grown well above its least has a queue in front of a slow link somewhere on the
 //! way, which the sender never sees as a full socket. Which viewers count is the tasks' call
 //! (the players', or anyone's while no player is connected). Each trouble lowers the target by a
-//! quarter, at most once a second, down to a floor; after a few seconds with none the target
+//! quarter, or to [`LINK_SHARE`] of the rate the kernel saw that link deliver where that is
+//! lower, at most once a second, down to a floor; after a few seconds with none the target
 //! climbs back by a twentieth of the configured bitrate a second. The configured bitrate is
 //! the ceiling: adaptation only ever takes away.
 
