@@ -85,14 +85,14 @@ pub trait VideoEncoder: Send {
 
     /// Changes the target bitrate, bits per second, from the next frame on (no keyframe
     /// needed). Encoders that cannot answer [`EncodeError::FixedBitrate`].
-    fn set_bitrate(&mut self, bps: u32) -> Result<(), EncodeError> {
-        let _ = bps;
+    fn set_bitrate(&mut self, _bps: u32) -> Result<(), EncodeError> {
         Err(EncodeError::FixedBitrate)
     }
 
     /// Encodes `picture` and appends one Annex-B access unit to `out`. With `keyframe` the
     /// access unit is an IDR with SPS and PPS. Nothing appended (`len` 0) means the rate
-    /// control skipped the frame, which only happens below the bitrate it was made with. Must not allocate once `out` has capacity.
+    /// control skipped the frame, which only happens below the bitrate it was made with.
+    /// Must not allocate once `out` has capacity.
     fn encode(
         &mut self,
         picture: Picture<'_>,

@@ -23,9 +23,9 @@ pub struct RateAdapt {
     floor_bps: u32,
     current_bps: u32,
     /// The ring's trouble count last seen.
-    lags: u64,
+    troubles: u64,
     /// The latest trouble seen.
-    last_lag: Option<Instant>,
+    last_trouble: Option<Instant>,
     /// The latest change of the target.
     last_change: Instant,
     /// The latest decrease of the target.
@@ -34,7 +34,7 @@ pub struct RateAdapt {
 
 /// The least time between two decreases: the one before must have had time to show.
 pub const DECREASE_GAP: Duration = Duration::from_secs(1);
-/// How long after the latest lag the target starts to climb.
+/// How long after the latest trouble the target starts to climb.
 pub const CALM: Duration = Duration::from_secs(4);
 /// The time between two increases.
 pub const INCREASE_GAP: Duration = Duration::from_secs(1);
@@ -45,13 +45,13 @@ pub const LINK_SHARE: f64 = 0.8;
 impl RateAdapt {
     /// Starts at `max_bps`, the ceiling; the floor is a tenth of it, and at least 100 kbit/s
     /// (or the ceiling, if lower).
-    pub fn new(max_bps: u32, lags: u64, now: Instant) -> Self {
+    pub fn new(max_bps: u32, troubles: u64, now: Instant) -> Self {
         Self {
             max_bps,
             floor_bps: (max_bps / 10).max(100_000).min(max_bps),
             current_bps: max_bps,
-            lags,
-            last_lag: None,
+            troubles,
+            last_trouble: None,
             last_change: now,
             last_decrease: None,
         }
@@ -67,14 +67,14 @@ impl RateAdapt {
         self.floor_bps
     }
 
-    /// Takes the ring's trouble count `lags` at `now`, with the least rate a troubled link was
+    /// Takes the ring's trouble count `troubles` at `now`, with the least rate a troubled link was
     /// seen to carry, if known; returns the new target when it changes. A decrease goes to a
     /// quarter below the target, or to [`LINK_SHARE`] of the link's rate where that is lower,
     /// so a stream far too heavy for a link is brought down in one step.
-    pub fn update(&mut self, now: Instant, lags: u64, link_bps: Option<u64>) -> Option<u32> {
-        if lags != self.lags {
-            self.lags = lags;
-            self.last_lag = Some(now);
+    pub fn update(&mut self, now: Instant, troubles: u64, link_bps: Option<u64>) -> Option<u32> {
+        if troubles != self.troubles {
+            self.troubles = troubles;
+            self.last_trouble = Some(now);
             let gap_passed = self
                 .last_decrease
                 .is_none_or(|at| now.saturating_duration_since(at) >= DECREASE_GAP);
@@ -87,7 +87,7 @@ impl RateAdapt {
             return None;
         }
         let calm = self
-            .last_lag
+            .last_trouble
             .is_none_or(|at| now.saturating_duration_since(at) >= CALM);
         if calm
             && self.current_bps < self.max_bps

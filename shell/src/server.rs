@@ -43,10 +43,11 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// the stream is heavier than the link (see [`LinkProbe`]).
 pub const SLOW_LINK_QUEUE: Duration = Duration::from_millis(60);
 
-/// The TCP socket under a request's connection (a duplicate of its descriptor), put in the
-/// request's extensions by the accept loop, so that a viewer's link can be watched.
+/// The TCP socket under a request's connection (a duplicate of its descriptor; `None` where
+/// it could not be made), put in the request's extensions by the accept loop, so that a
+/// viewer's link can be watched.
 #[derive(Debug, Clone)]
-pub struct ConnSocket(pub Arc<std::os::fd::OwnedFd>);
+pub struct ConnSocket(pub Option<Arc<std::os::fd::OwnedFd>>);
 
 /// Watches one viewer's link for a queue: a link slower than the stream fills the buffer in
 /// front of it, which the sender never sees as a full socket (the queue is in the network),
@@ -54,12 +55,12 @@ pub struct ConnSocket(pub Arc<std::os::fd::OwnedFd>);
 /// that round trip from the viewer's acknowledgements (`TCP_INFO`).
 #[derive(Debug)]
 pub struct LinkProbe {
-    socket: ConnSocket,
+    socket: Arc<std::os::fd::OwnedFd>,
     least_us: u32,
 }
 
 impl LinkProbe {
-    pub fn new(socket: ConnSocket) -> Self {
+    pub fn new(socket: Arc<std::os::fd::OwnedFd>) -> Self {
         Self {
             socket,
             least_us: u32::MAX,
@@ -71,7 +72,7 @@ impl LinkProbe {
     /// kernel has a measurement, or when it cannot be read.
     pub fn check(&mut self) -> Option<LinkCheck> {
         use std::os::fd::AsFd;
-        let path = playpod_ffi::tcp::path_info(self.socket.0.as_fd()).ok()?;
+        let path = playpod_ffi::tcp::path_info(self.socket.as_fd()).ok()?;
         if path.smoothed_rtt_us == 0 {
             return None;
         }
@@ -383,7 +384,7 @@ async fn video(
     };
     ws.on_upgrade(move |socket: WebSocket| async move {
         let (sink, stream) = socket.split();
-        let probe = conn.map(|axum::Extension(conn)| LinkProbe::new(conn));
+        let probe = conn.and_then(|axum::Extension(ConnSocket(socket))| socket.map(LinkProbe::new));
         stream_video(sink, stream, reader, probe, &app).await;
     })
 }
@@ -408,15 +409,27 @@ pub fn video_config(codec: &str, stream: StreamInfo) -> String {
     .to_string()
 }
 
+/// A viewer's text message as the JSON object a clock probe is, if it is one (at most 128
+/// bytes).
+fn probe_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    if text.len() > 128 {
+        return None;
+    }
+    match serde_json::from_str(text).ok()? {
+        serde_json::Value::Object(msg) => Some(msg),
+        _ => None,
+    }
+}
+
 /// The answer to a clock probe `{"ping":T}` (T: the player's clock, any finite number):
 /// `{"pong":T,"serverUs":NOW}` with our time in µs since the Unix epoch, the clock of the
 /// capture times. Anything else gets no answer.
 pub fn pong_reply(text: &str, now_us: u64) -> Option<String> {
-    if text.len() > 128 {
-        return None;
-    }
-    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
-    let ping = msg.as_object()?.get("ping")?;
+    pong_for(&probe_object(text)?, now_us)
+}
+
+fn pong_for(msg: &serde_json::Map<String, serde_json::Value>, now_us: u64) -> Option<String> {
+    let ping = msg.get("ping")?;
     ping.as_f64().filter(|t| t.is_finite())?;
     Some(serde_json::json!({ "pong": ping, "serverUs": now_us }).to_string())
 }
@@ -425,11 +438,11 @@ pub fn pong_reply(text: &str, now_us: u64) -> Option<String> {
 /// yes, `{"player":null}` no (the player sends its role with each clock probe); `None` when the
 /// message says nothing of it.
 pub fn claims_player(text: &str) -> Option<bool> {
-    if text.len() > 128 {
-        return None;
-    }
-    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
-    match msg.as_object()?.get("player")? {
+    player_in(&probe_object(text)?)
+}
+
+fn player_in(msg: &serde_json::Map<String, serde_json::Value>) -> Option<bool> {
+    match msg.get("player")? {
         serde_json::Value::Null => Some(false),
         v => Some(matches!(v.as_u64(), Some(1 | 2))),
     }
@@ -526,10 +539,13 @@ pub async fn stream_video<S, R>(
                 // The player estimates the offset between its clock and ours, so that its
                 // overlay's capture -> decoded latency holds across machines.
                 Some(Ok(Message::Text(t))) => {
-                    if let Some(player) = claims_player(t.as_str()) {
+                    let Some(msg) = probe_object(t.as_str()) else {
+                        continue;
+                    };
+                    if let Some(player) = player_in(&msg) {
                         is_player = player;
                     }
-                    if let Some(reply) = pong_reply(t.as_str(), unix_micros())
+                    if let Some(reply) = pong_for(&msg, unix_micros())
                         && !send(&mut sink, Message::Text(reply.into()), health).await
                     {
                         return;

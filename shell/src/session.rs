@@ -422,13 +422,16 @@ async fn serve_connection(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // Viewers' handlers watch their link through a duplicate of the socket's descriptor.
-    let app = match std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned() {
-        Ok(fd) => app.layer(axum::Extension(crate::server::ConnSocket(Arc::new(fd)))),
+    let socket = match std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned() {
+        Ok(fd) => Some(Arc::new(fd)),
         Err(err) => {
             tracing::debug!(%err, "cannot duplicate a connection's descriptor");
-            app
+            None
         }
     };
+    // Every request of the connection carries it (one wrapper around the router, whose
+    // routes stay as they are).
+    let app = tower_layer::Layer::layer(&axum::Extension(crate::server::ConnSocket(socket)), app);
     match tls {
         None => serve_http1(hyper_util::rt::TokioIo::new(tcp), app, stop).await,
         Some(acceptor) => {
@@ -448,8 +451,11 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
 }
 
-async fn serve_http1<I>(io: I, app: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>)
-where
+async fn serve_http1<I>(
+    io: I,
+    app: axum::middleware::AddExtension<axum::Router, crate::server::ConnSocket>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
