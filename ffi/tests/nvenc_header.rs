@@ -25,6 +25,7 @@ int main(void) {
     V(NV_ENC_CREATE_BITSTREAM_BUFFER_VER)
     V(NV_ENC_PIC_PARAMS_VER)
     V(NV_ENC_LOCK_BITSTREAM_VER)
+    V(NV_ENC_RECONFIGURE_PARAMS_VER)
     V(NVENC_INFINITE_GOPLENGTH)
     G(NV_ENC_CODEC_H264_GUID)
     G(NV_ENC_H264_PROFILE_BASELINE_GUID)
@@ -100,6 +101,10 @@ fn hand_written_constants_match_the_header() {
         (
             "NV_ENC_LOCK_BITSTREAM_VER",
             nvenc::NV_ENC_LOCK_BITSTREAM_VER,
+        ),
+        (
+            "NV_ENC_RECONFIGURE_PARAMS_VER",
+            nvenc::NV_ENC_RECONFIGURE_PARAMS_VER,
         ),
         ("NVENC_INFINITE_GOPLENGTH", nvenc::INFINITE_GOP),
     ];

@@ -204,6 +204,12 @@ impl VideoEncoder for NvencEncoder {
         InputKind::DeviceNv12
     }
 
+    /// Reconfigures the session's CBR rate: no keyframe, no reset of its rate control. NVENC
+    /// skips no frames: below what a picture needs its quality drops instead.
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), EncodeError> {
+        Ok(self.encoder.set_bitrate(bps)?)
+    }
+
     fn encode(
         &mut self,
         picture: Picture<'_>,

@@ -318,7 +318,8 @@ impl FrameStage {
                 tracing::warn!(
                     encoder = self.encoder.name(),
                     %err,
-                    "the bitrate stays as set: this encoder cannot change it while encoding"
+                    kept_bps = before,
+                    "bitrate adaptation is off: the encoder did not take a new bitrate"
                 );
                 self.adapt = None;
             }

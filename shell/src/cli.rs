@@ -82,8 +82,9 @@ pub struct StreamArgs {
     /// a spectator's counts only while no player is connected),
     /// the target is lowered by a quarter (or to 80 % of what the kernel saw that link
     /// deliver, where lower), at most once a second, down to a tenth of this, and
-    /// openh264 may skip frames; four seconds after the last such sign it climbs back by a
-    /// twentieth a second. NVENC keeps its bitrate. The target now is on /readyz and /metrics.
+    /// openh264 may skip frames (NVENC lowers quality instead); four seconds after the last
+    /// such sign it climbs back by a twentieth a second. The target now is on /readyz and
+    /// /metrics.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub bitrate_kbps: u32,
     /// Keep --bitrate-kbps whatever the viewers' links: a viewer that cannot keep up skips

@@ -315,6 +315,19 @@ fn nvenc_encodes_idr_on_demand_when_present() {
     assert_eq!(idrs, 1, "IDR only on demand");
     assert_eq!(allocations, 0, "NVENC encoding allocated");
     println!("NVENC 768x768 H.264: {ms:.2} ms/frame");
+
+    // The driver takes a new rate mid-stream (bitrate adaptation), without a keyframe.
+    for bps in [600_000, 2_500_000] {
+        encoder.set_bitrate(bps).expect("reconfigure the rate");
+        assert_eq!(encoder.bitrate_bps(), bps);
+        for _ in 0..30 {
+            let au = encoder
+                .encode(&picture, &input, &mut output, false)
+                .unwrap();
+            assert!(!au.keyframe(), "a new rate forced an IDR");
+        }
+    }
+    println!("NVENC took 600 kbit/s and 2.5 Mbit/s mid-stream without an IDR");
 }
 
 #[test]

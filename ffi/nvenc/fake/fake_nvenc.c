@@ -6,7 +6,8 @@
  * and layouts: the version of every structure, the fields playpod sets (read back through the C
  * layout, so a binding that disagrees with the header shows up as a wrong value), that handles
  * belong to their session, and the order of the calls (map before encode, lock after encode,
- * unmap and unlock before unregister and destroy, nothing left when the session is destroyed).
+ * unmap and unlock before unregister and destroy, nothing left when the session is destroyed),
+ * and that a reconfiguration changes the rate and nothing else.
  * Every call is written to a log the tests read; any call can be made to fail once.
  */
 #include <stdarg.h>
@@ -34,6 +35,9 @@ struct object {
     /* Sessions. */
     int initialized;
     uint32_t width_init, height_init;
+    /* What the session was initialised with (the config pointer cleared), for reconfiguring. */
+    NV_ENC_INITIALIZE_PARAMS init;
+    NV_ENC_CONFIG config;
 };
 
 static struct object objects[MAX_OBJECTS];
@@ -262,6 +266,64 @@ static NVENCSTATUS NVENCAPI initialize(void *encoder, NV_ENC_INITIALIZE_PARAMS *
     s->initialized = 1;
     s->width_init = p->encodeWidth;
     s->height_init = p->encodeHeight;
+    s->init = *p;
+    s->init.encodeConfig = NULL;
+    s->config = *c;
+    return NV_ENC_SUCCESS;
+}
+
+/*
+ * What nvEncReconfigureEncoder may not change (GOP structure, sync mode, PTD, the largest size)
+ * and what playpod never means to change when it only sets a new rate. The rate itself may
+ * change freely; the rate control mode may not.
+ */
+static const char *reconfigure_changes(const struct object *s, const NV_ENC_INITIALIZE_PARAMS *p) {
+    const NV_ENC_INITIALIZE_PARAMS *i = &s->init;
+    const NV_ENC_CONFIG *c = p->encodeConfig, *was = &s->config;
+    const NV_ENC_CONFIG_H264 *h = &c->encodeCodecConfig.h264Config, *hw = &was->encodeCodecConfig.h264Config;
+    if (!guid_is(&p->encodeGUID, &i->encodeGUID)) return "codec";
+    if (!guid_is(&p->presetGUID, &i->presetGUID) || p->tuningInfo != i->tuningInfo) return "preset";
+    if (p->encodeWidth != i->encodeWidth || p->encodeHeight != i->encodeHeight || p->darWidth != i->darWidth ||
+        p->darHeight != i->darHeight)
+        return "size";
+    if (p->maxEncodeWidth != i->maxEncodeWidth || p->maxEncodeHeight != i->maxEncodeHeight) return "largest size";
+    if (p->frameRateNum != i->frameRateNum || p->frameRateDen != i->frameRateDen) return "frame rate";
+    if (p->enablePTD != i->enablePTD) return "picture type decision";
+    if (p->enableEncodeAsync != i->enableEncodeAsync) return "sync mode";
+    if (c->gopLength != was->gopLength || c->frameIntervalP != was->frameIntervalP || h->idrPeriod != hw->idrPeriod)
+        return "GOP structure";
+    if (!guid_is(&c->profileGUID, &was->profileGUID)) return "profile";
+    if (c->rcParams.rateControlMode != was->rcParams.rateControlMode) return "rate control mode";
+    if (c->rcParams.zeroReorderDelay != was->rcParams.zeroReorderDelay || h->repeatSPSPPS != hw->repeatSPSPPS ||
+        h->sliceMode != hw->sliceMode || h->sliceModeData != hw->sliceModeData)
+        return "stream structure";
+    if (memcmp(&h->h264VUIParameters, &hw->h264VUIParameters, sizeof h->h264VUIParameters) != 0) return "VUI";
+    return NULL;
+}
+
+static NVENCSTATUS NVENCAPI reconfigure(void *encoder, NV_ENC_RECONFIGURE_PARAMS *p) {
+    const char *call = "nvEncReconfigureEncoder";
+    ENTER(call);
+    FIND_SESSION(s);
+    CHECK_PARAMS(p, NV_ENC_RECONFIGURE_PARAMS_VER);
+    if (!s->initialized) return refuse(NV_ENC_ERR_INVALID_CALL, call, "not initialised");
+    NV_ENC_INITIALIZE_PARAMS *ip = &p->reInitEncodeParams;
+    if (ip->version != NV_ENC_INITIALIZE_PARAMS_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "params version");
+    /* A null config keeps the old one, rate included: not what a rate change wants. */
+    if (!ip->encodeConfig) return refuse(NV_ENC_ERR_INVALID_PTR, call, "null config");
+    NV_ENC_CONFIG *c = ip->encodeConfig;
+    if (c->version != NV_ENC_CONFIG_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "config version");
+    if (c->rcParams.version != NV_ENC_RC_PARAMS_VER) return refuse(NV_ENC_ERR_INVALID_VERSION, call, "rc version");
+    const char *changed = reconfigure_changes(s, ip);
+    if (changed) return refuse(NV_ENC_ERR_UNSUPPORTED_PARAM, call, changed);
+    if (!c->rcParams.averageBitRate) return refuse(NV_ENC_ERR_INVALID_PARAM, call, "bitrate 0");
+    for (int i = 0; i < MAX_OBJECTS; i++)
+        if (objects[i].session == s && objects[i].kind == RESOURCE && objects[i].mapped)
+            return refuse(NV_ENC_ERR_INVALID_CALL, call, "an input is mapped");
+    s->config = *c;
+    say("%s avg=%u max=%u vbv=%u delay=%u reset=%u idr=%u", call, c->rcParams.averageBitRate,
+        c->rcParams.maxBitRate, c->rcParams.vbvBufferSize, c->rcParams.vbvInitialDelay, p->resetEncoder,
+        p->forceIDR);
     return NV_ENC_SUCCESS;
 }
 
@@ -459,6 +521,7 @@ NVENCSTATUS NVENCAPI NvEncodeAPICreateInstance(NV_ENCODE_API_FUNCTION_LIST *list
     list->nvEncGetEncodeGUIDs = guids;
     list->nvEncGetEncodePresetConfigEx = preset_config_ex;
     list->nvEncInitializeEncoder = initialize;
+    list->nvEncReconfigureEncoder = reconfigure;
     list->nvEncRegisterResource = register_resource;
     list->nvEncUnregisterResource = unregister_resource;
     list->nvEncCreateBitstreamBuffer = create_bitstream;

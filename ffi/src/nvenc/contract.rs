@@ -405,3 +405,75 @@ fn a_registration_encodes_only_its_own_picture_on_its_own_session() {
         "nothing reached the driver"
     );
 }
+
+#[test]
+fn a_new_bitrate_reconfigures_the_rate_and_nothing_else() {
+    let fake = Fake::new(PACKED_12_1, true);
+    let nvenc = fake.load().unwrap();
+    let mut encoder = open(&nvenc, SETTINGS).unwrap();
+    let picture = surface(0x7f00_0000_0000);
+    let input = encoder.register_surface(picture).unwrap();
+    let mut output = encoder.bitstream().unwrap();
+    drop(
+        encoder
+            .encode_surface(picture, &input, &mut output, true)
+            .unwrap(),
+    );
+    assert_eq!(encoder.bitrate_bps(), 2_500_000);
+
+    // CBR at the new rate, the VBV still one frame; no reset of the rate control, no IDR.
+    let from = fake.log().len();
+    encoder.set_bitrate(1_000_000).expect("reconfigure");
+    assert_eq!(
+        fake.log()[from..],
+        ["nvEncReconfigureEncoder avg=1000000 max=1000000 vbv=16666 delay=16666 reset=0 idr=0"]
+    );
+    assert_eq!(encoder.bitrate_bps(), 1_000_000);
+    let au = encoder
+        .encode_surface(picture, &input, &mut output, false)
+        .unwrap();
+    assert!(!au.keyframe(), "a new rate needs no keyframe");
+    drop(au);
+
+    // A refusal leaves the session at the rate it had, and the next change starts from there.
+    let unsupported = sys::NVENCSTATUS::NV_ENC_ERR_UNSUPPORTED_PARAM;
+    fake.fail_next("nvEncReconfigureEncoder", unsupported);
+    let err = encoder.set_bitrate(500_000).expect_err("a planted failure");
+    assert_eq!(
+        err,
+        NvencError::Call {
+            call: "nvEncReconfigureEncoder",
+            status: NvencStatus(unsupported.0),
+        }
+    );
+    assert_eq!(encoder.bitrate_bps(), 1_000_000);
+    assert_eq!(encoder.config.rcParams.averageBitRate, 1_000_000);
+    let err = encoder.set_bitrate(0).expect_err("no bitrate");
+    assert!(encoder.last_error().ends_with("bitrate 0"), "{err}");
+    assert_eq!(encoder.bitrate_bps(), 1_000_000);
+    encoder.set_bitrate(3_000_000).expect("back up");
+    assert!(
+        fake.log()
+            .last()
+            .unwrap()
+            .starts_with("nvEncReconfigureEncoder avg=3000000 max=3000000"),
+        "{:?}",
+        fake.log().last()
+    );
+
+    // The stand-in holds the rest of the configuration to what the session was set up with:
+    // a reconfiguration that also changed the GOP would be refused.
+    encoder.config.gopLength = 30;
+    let err = encoder.set_bitrate(2_000_000).expect_err("a changed GOP");
+    assert_eq!(
+        err,
+        NvencError::Call {
+            call: "nvEncReconfigureEncoder",
+            status: NvencStatus(unsupported.0),
+        }
+    );
+    assert_eq!(
+        encoder.last_error(),
+        "nvEncReconfigureEncoder: GOP structure"
+    );
+}

@@ -64,6 +64,7 @@ pub const NV_ENC_MAP_INPUT_RESOURCE_VER: u32 = struct_version(4);
 pub const NV_ENC_CREATE_BITSTREAM_BUFFER_VER: u32 = struct_version(1);
 pub const NV_ENC_PIC_PARAMS_VER: u32 = struct_version(6) | (1 << 31);
 pub const NV_ENC_LOCK_BITSTREAM_VER: u32 = struct_version(1) | (1 << 31);
+pub const NV_ENC_RECONFIGURE_PARAMS_VER: u32 = struct_version(1) | (1 << 31);
 /// `NVENC_INFINITE_GOPLENGTH`.
 pub const INFINITE_GOP: u32 = 0xffff_ffff;
 
@@ -387,6 +388,9 @@ impl Session {
 pub struct Encoder {
     session: Arc<Session>,
     settings: H264Settings,
+    /// The configuration the session was initialised with, kept to reconfigure it (the driver
+    /// wants the whole of it again). Boxed: the initialisation parameters point at it.
+    config: Box<sys::NV_ENC_CONFIG>,
     frame: u64,
 }
 
@@ -449,9 +453,10 @@ impl Encoder {
             handle,
             _context: owner,
         });
-        let encoder = Encoder {
+        let mut encoder = Encoder {
             session,
             settings,
+            config: Box::default(),
             frame: 0,
         };
         if !encoder.supports_h264()? {
@@ -494,15 +499,18 @@ impl Encoder {
             .any(|g| guid_eq(g, &CODEC_H264)))
     }
 
-    fn initialize(&self) -> Result<(), NvencError> {
-        let s = self.settings;
-        let preset = match s.preset {
+    /// The preset of [`H264Settings::preset`].
+    fn preset(&self) -> sys::GUID {
+        match self.settings.preset {
             0 | 1 => PRESET_P1,
             2 => PRESET_P2,
             3 => PRESET_P3,
             _ => PRESET_P4,
-        };
-        let tuning = sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_ULTRA_LOW_LATENCY;
+        }
+    }
+
+    fn initialize(&mut self) -> Result<(), NvencError> {
+        let s = self.settings;
         let get_preset = function!(self.functions(), nvEncGetEncodePresetConfigEx)?;
         let mut preset_config = sys::NV_ENC_PRESET_CONFIG {
             version: NV_ENC_PRESET_CONFIG_VER,
@@ -514,8 +522,8 @@ impl Encoder {
             get_preset(
                 self.handle(),
                 CODEC_H264,
-                preset,
-                tuning,
+                self.preset(),
+                TUNING,
                 &mut preset_config,
             )
         })?;
@@ -527,12 +535,7 @@ impl Encoder {
         let rc = &mut config.rcParams;
         rc.version = NV_ENC_RC_PARAMS_VER;
         rc.rateControlMode = sys::NV_ENC_PARAMS_RC_MODE::NV_ENC_PARAMS_RC_CBR;
-        rc.averageBitRate = s.bitrate_bps;
-        rc.maxBitRate = s.bitrate_bps;
-        // A VBV of one frame: no frame waits behind a large one.
-        let per_frame = s.bitrate_bps / s.fps.max(1);
-        rc.vbvBufferSize = per_frame;
-        rc.vbvInitialDelay = per_frame;
+        set_rate(rc, s.bitrate_bps, s.fps);
         rc.set_zeroReorderDelay(1);
         // SAFETY: the codec config is the H.264 member: the preset was fetched for H.264.
         let h264 = unsafe { &mut config.encodeCodecConfig.h264Config };
@@ -548,12 +551,24 @@ impl Encoder {
         vui.colourPrimaries = sys::NV_ENC_VUI_COLOR_PRIMARIES(6);
         vui.transferCharacteristics = sys::NV_ENC_VUI_TRANSFER_CHARACTERISTIC(6);
         vui.colourMatrix = sys::NV_ENC_VUI_MATRIX_COEFFS(6);
+        *self.config = config;
 
         let init = function!(self.functions(), nvEncInitializeEncoder)?;
-        let mut params = sys::NV_ENC_INITIALIZE_PARAMS {
+        let mut params = self.initialize_params();
+        // SAFETY: live session; `params` and the `config` it points to are valid, versioned
+        // structures that outlive the call.
+        check("nvEncInitializeEncoder", unsafe {
+            init(self.handle(), &mut params)
+        })
+    }
+
+    /// The session's initialisation parameters, pointing at `self.config`.
+    fn initialize_params(&mut self) -> sys::NV_ENC_INITIALIZE_PARAMS {
+        let s = self.settings;
+        sys::NV_ENC_INITIALIZE_PARAMS {
             version: NV_ENC_INITIALIZE_PARAMS_VER,
             encodeGUID: CODEC_H264,
-            presetGUID: preset,
+            presetGUID: self.preset(),
             encodeWidth: s.width,
             encodeHeight: s.height,
             darWidth: s.width,
@@ -562,17 +577,43 @@ impl Encoder {
             frameRateDen: 1,
             enableEncodeAsync: 0,
             enablePTD: 1,
-            encodeConfig: &mut config,
+            encodeConfig: &mut *self.config,
             maxEncodeWidth: s.width,
             maxEncodeHeight: s.height,
-            tuningInfo: tuning,
+            tuningInfo: TUNING,
+            ..Default::default()
+        }
+    }
+
+    /// The bitrate the rate control aims at now, bits per second.
+    pub fn bitrate_bps(&self) -> u32 {
+        self.settings.bitrate_bps
+    }
+
+    /// Changes the target bitrate (CBR, the VBV still one frame) from the next frame on. The
+    /// rate control carries on from its state and no IDR is forced: viewers decode on. On an
+    /// error the session keeps the bitrate it had.
+    pub fn set_bitrate(&mut self, bps: u32) -> Result<(), NvencError> {
+        let reconfigure = function!(self.functions(), nvEncReconfigureEncoder)?;
+        let before = self.config.rcParams;
+        set_rate(&mut self.config.rcParams, bps, self.settings.fps);
+        // `resetEncoder` and `forceIDR` stay 0.
+        let mut params = sys::NV_ENC_RECONFIGURE_PARAMS {
+            version: NV_ENC_RECONFIGURE_PARAMS_VER,
+            reInitEncodeParams: self.initialize_params(),
             ..Default::default()
         };
-        // SAFETY: live session; `params` and the `config` it points to are valid, versioned
-        // structures that outlive the call.
-        check("nvEncInitializeEncoder", unsafe {
-            init(self.handle(), &mut params)
-        })
+        // SAFETY: live, initialised session; `params` and the `config` it points to are
+        // valid, versioned structures, the same as at initialisation but for the rate, and
+        // outlive the call.
+        let result = check("nvEncReconfigureEncoder", unsafe {
+            reconfigure(self.handle(), &mut params)
+        });
+        match result {
+            Ok(()) => self.settings.bitrate_bps = bps,
+            Err(_) => self.config.rcParams = before,
+        }
+        result
     }
 
     /// Registers an NV12 device picture as an input, once. Drop the registration before the
@@ -714,6 +755,19 @@ impl Encoder {
         unmapped?;
         Ok(locked)
     }
+}
+
+/// Ultra-low-latency tuning, for every preset.
+const TUNING: sys::NV_ENC_TUNING_INFO =
+    sys::NV_ENC_TUNING_INFO::NV_ENC_TUNING_INFO_ULTRA_LOW_LATENCY;
+
+/// CBR at `bps` with a VBV of one frame: no frame waits behind a large one.
+fn set_rate(rc: &mut sys::NV_ENC_RC_PARAMS, bps: u32, fps: u32) {
+    rc.averageBitRate = bps;
+    rc.maxBitRate = bps;
+    let per_frame = bps / fps.max(1);
+    rc.vbvBufferSize = per_frame;
+    rc.vbvInitialDelay = per_frame;
 }
 
 fn guid_eq(a: &sys::GUID, b: &sys::GUID) -> bool {
