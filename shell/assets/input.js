@@ -25,7 +25,7 @@
 
   // What the page's input does; tests read it.
   const state = (window.playpodInput = {
-    player: null, connected: false, bits: 0, sent: 0, lastSent: null, errors: 0, lastError: null,
+    player: null, seat: null, connected: false, bits: 0, sent: 0, lastSent: null, errors: 0, lastError: null,
     closeCode: null, closeReason: null, reconnects: 0, gamepads: 0, touch: false, keyboard: null,
     // The pod's reason while the keys cannot reach the game (4003), until a connection holds.
     trouble: null,
@@ -205,6 +205,12 @@
       if (typeof ev.data !== 'string') return;
       try {
         const reply = JSON.parse(ev.data);
+        if (typeof reply.seat === 'string') {
+          // The pod's proof that this page holds the player's controls: the video's clock
+          // probes show it (a player's slow link lowers the stream's bitrate).
+          state.seat = reply.seat;
+          window.dispatchEvent(new Event('playpod-seat'));
+        }
         if (reply.error) {
           state.errors++; state.lastError = reply.error; console.warn('input:', reply.error);
           // A dropped message may have been the last change (a release): send the whole
@@ -222,6 +228,7 @@
       }
       socket = null;
       state.connected = false;
+      state.seat = null;
       state.closeCode = ev.code;
       state.closeReason = ev.reason || null;
       if (ev.code === 4003) {

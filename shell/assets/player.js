@@ -87,10 +87,14 @@
   }
   const probeClock = (socket) => {
     if (socket.readyState === WebSocket.OPEN) {
-      // The page's role goes with each probe: a player's slow link lowers the stream's bitrate,
-      // a spectator's only while no player is connected.
-      const player = Number(window.playpodInput && window.playpodInput.player) || null;
-      socket.send(JSON.stringify({ ping: performance.timeOrigin + performance.now(), player }));
+      // The page's role goes with each probe, with the seat its input connection was given:
+      // a player's slow link lowers the stream's bitrate, a spectator's only while no player
+      // is connected.
+      const input = window.playpodInput || {};
+      const player = (input.connected && Number(input.player)) || null;
+      const probe = { ping: performance.timeOrigin + performance.now(), player };
+      if (player && input.seat) probe.seat = input.seat;
+      socket.send(JSON.stringify(probe));
     }
   };
 
@@ -207,6 +211,9 @@
   // The pod sends a frame at least once a second: nothing for longer than this on an open
   // socket is a connection that died without closing (a NAT timeout, a network change).
   const SILENT_MS = 5000;
+  // The open video socket, for a probe out of turn when the page becomes a player.
+  let current = null;
+  window.addEventListener('playpod-seat', () => { if (current) probeClock(current); });
   function connect() {
     if (window.playpodEnded || unsupported) return;
     const socket = new WebSocket(wsBase + 'video');
@@ -221,6 +228,7 @@
       failures = 0;
       backoff = 250;
       heardAt = performance.now();
+      current = socket;
       probeClock(socket);
       prober = setInterval(() => {
         if (performance.now() - heardAt > SILENT_MS) {
@@ -286,6 +294,7 @@
     };
     socket.onclose = (ev) => {
       clearInterval(prober);
+      if (current === socket) current = null;
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;

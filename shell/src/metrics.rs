@@ -217,6 +217,13 @@ impl Collector for SessionCollector {
         )?;
         gauge(
             &mut enc,
+            "viewers_seated",
+            "Video viewers whose page holds a connected player's seat: their links set the \
+             bitrate.",
+            h.seated_viewers.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
             "players",
             "Players connected.",
             h.players.load(Ordering::Relaxed) as i64,

@@ -113,6 +113,8 @@ pub struct Health {
     pub encoder_reason: String,
     pub capture: &'static str,
     pub viewers: AtomicUsize,
+    /// Viewers whose page holds a player's seat: their links set the bitrate.
+    pub seated_viewers: AtomicUsize,
     pub players: AtomicUsize,
     /// Unix seconds when a viewer or player was last connected.
     last_activity: AtomicU64,
@@ -131,6 +133,7 @@ impl Health {
             encoder_reason: String::new(),
             capture,
             viewers: AtomicUsize::new(0),
+            seated_viewers: AtomicUsize::new(0),
             players: AtomicUsize::new(0),
             last_activity: AtomicU64::new(unix_micros() / 1_000_000),
             frames_sent: AtomicU64::new(0),
@@ -434,35 +437,69 @@ fn pong_for(msg: &serde_json::Map<String, serde_json::Value>, now_us: u64) -> Op
     Some(serde_json::json!({ "pong": ping, "serverUs": now_us }).to_string())
 }
 
-/// Whether a viewer's message says its page is a player's: `{"player":1}` or `{"player":2}`
-/// yes, `{"player":null}` no (the player sends its role with each clock probe); `None` when the
-/// message says nothing of it.
-pub fn claims_player(text: &str) -> Option<bool> {
-    player_in(&probe_object(text)?)
+/// What a viewer's clock probe says of its page: `{"player":null}` a spectator's,
+/// `{"player":N,"seat":S}` player N's, where S is the seat the pod gave that player's input
+/// connection (see [`crate::input::Players::seated`]): the pod checks it, so a spectator's page
+/// cannot pass for a player's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Spectator,
+    Player { player: u8, seat: String },
 }
 
-fn player_in(msg: &serde_json::Map<String, serde_json::Value>) -> Option<bool> {
-    match msg.get("player")? {
-        serde_json::Value::Null => Some(false),
-        v => Some(matches!(v.as_u64(), Some(1 | 2))),
-    }
+/// The role a viewer's message claims; `None` when it says nothing of it. Any `player` but 1
+/// or 2 is a spectator's; a player without a seat has an empty one, which no slot holds.
+pub fn claimed_role(text: &str) -> Option<Role> {
+    role_in(&probe_object(text)?)
 }
 
-/// Counts a viewer for as long as it lives.
-struct ViewerGuard<'a>(&'a Health);
+fn role_in(msg: &serde_json::Map<String, serde_json::Value>) -> Option<Role> {
+    let player = msg.get("player")?;
+    Some(match player.as_u64() {
+        Some(n @ (1 | 2)) => Role::Player {
+            player: n as u8,
+            seat: msg
+                .get("seat")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        _ => Role::Spectator,
+    })
+}
+
+/// Counts a viewer for as long as it lives, and as seated while its page holds a player's
+/// seat.
+struct ViewerGuard<'a> {
+    health: &'a Health,
+    seated: bool,
+}
 
 impl<'a> ViewerGuard<'a> {
     fn new(health: &'a Health) -> Self {
         health.viewers.fetch_add(1, Ordering::Relaxed);
         health.touch();
-        Self(health)
+        Self {
+            health,
+            seated: false,
+        }
+    }
+
+    fn set_seated(&mut self, seated: bool) {
+        match (self.seated, seated) {
+            (false, true) => self.health.seated_viewers.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.health.seated_viewers.fetch_sub(1, Ordering::Relaxed),
+            _ => return,
+        };
+        self.seated = seated;
     }
 }
 
 impl Drop for ViewerGuard<'_> {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
+        self.set_seated(false);
+        self.health.touch();
+        self.health.viewers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -471,8 +508,8 @@ impl Drop for ViewerGuard<'_> {
 /// ten seconds, or the stream ends. With `probe`, the viewer's link is checked every
 /// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring.
 /// Such a slow link, or a lag in the ring, lowers the encoder's bitrate when it is a player's
-/// (the page says so with its clock probes) or when no player is connected: a spectator on a
-/// weak link only skips ahead while players watch. Generic over the socket so tests can drive it.
+/// (its clock probes show the seat of a connected player) or when no player is connected: a
+/// spectator on a weak link only skips ahead while players watch. Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
@@ -483,17 +520,16 @@ pub async fn stream_video<S, R>(
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let _guard = ViewerGuard::new(&app.health);
+    let mut guard = ViewerGuard::new(&app.health);
     let health = &*app.health;
     // Grows to the largest access unit this viewer sees, then stays: no allocation per frame
     // here beyond the message handed to the socket.
     let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
     let mut configured = false;
     let mut last_key_request: Option<tokio::time::Instant> = None;
-    let mut is_player = false;
     let mut lags = reader.lags();
     // Whether this viewer's troubles count for the bitrate.
-    let counts = |is_player: bool| is_player || health.players.load(Ordering::Relaxed) == 0;
+    let counts = |seated: bool| seated || health.players.load(Ordering::Relaxed) == 0;
     let mut link_checks = tokio::time::interval(LINK_CHECK_INTERVAL);
     link_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -507,11 +543,11 @@ pub async fn stream_video<S, R>(
                     tracing::debug!(
                         queue_ms = link.queue.as_millis(),
                         delivered_bps = link.delivered_bps,
-                        is_player,
+                        seated = guard.seated,
                         "a viewer's link holds a queue"
                     );
                     app.ring.report_slow_link();
-                    if counts(is_player) {
+                    if counts(guard.seated) {
                         app.ring.report_trouble(link.delivered_bps);
                     }
                 }
@@ -542,8 +578,20 @@ pub async fn stream_video<S, R>(
                     let Some(msg) = probe_object(t.as_str()) else {
                         continue;
                     };
-                    if let Some(player) = player_in(&msg) {
-                        is_player = player;
+                    if let Some(role) = role_in(&msg) {
+                        guard.set_seated(match role {
+                            Role::Spectator => false,
+                            Role::Player { player, seat } => {
+                                let seated = app.input.seated(player, &seat);
+                                if !seated {
+                                    tracing::debug!(
+                                        player,
+                                        "a viewer's page claims a player's seat it does not hold"
+                                    );
+                                }
+                                seated
+                            }
+                        });
                     }
                     if let Some(reply) = pong_for(&msg, unix_micros())
                         && !send(&mut sink, Message::Text(reply.into()), health).await
@@ -557,7 +605,7 @@ pub async fn stream_video<S, R>(
         };
         if reader.lags() != lags {
             lags = reader.lags();
-            if counts(is_player) {
+            if counts(guard.seated) {
                 let link = probe.as_mut().and_then(LinkProbe::check);
                 app.ring
                     .report_trouble(link.and_then(|link| link.delivered_bps));
@@ -652,16 +700,36 @@ mod tests {
 
     #[test]
     fn a_page_says_whether_it_is_a_players() {
-        assert_eq!(claims_player(r#"{"ping":5,"player":1}"#), Some(true));
-        assert_eq!(claims_player(r#"{"ping":5,"player":2}"#), Some(true));
-        assert_eq!(claims_player(r#"{"ping":5,"player":null}"#), Some(false));
+        let player = |player, seat: &str| {
+            Some(Role::Player {
+                player,
+                seat: seat.to_owned(),
+            })
+        };
+        assert_eq!(
+            claimed_role(r#"{"ping":5,"player":1,"seat":"ab12"}"#),
+            player(1, "ab12")
+        );
+        assert_eq!(
+            claimed_role(r#"{"ping":5,"player":2,"seat":"cd"}"#),
+            player(2, "cd")
+        );
+        // A claim without a seat (or with one that is not text) holds none.
+        assert_eq!(claimed_role(r#"{"ping":5,"player":1}"#), player(1, ""));
+        assert_eq!(
+            claimed_role(r#"{"ping":5,"player":1,"seat":7}"#),
+            player(1, "")
+        );
+        assert_eq!(
+            claimed_role(r#"{"ping":5,"player":null}"#),
+            Some(Role::Spectator)
+        );
         for other in [r#"{"player":3}"#, r#"{"player":"1"}"#, r#"{"player":true}"#] {
-            assert_eq!(claims_player(other), Some(false), "{other}");
+            assert_eq!(claimed_role(other), Some(Role::Spectator), "{other}");
         }
-        for silent in ["keyframe", r#"{"ping":5}"#, "[1]", ""] {
-            assert_eq!(claims_player(silent), None, "{silent}");
+        for silent in ["keyframe", r#"{"ping":5}"#, "[1]", "", r#"{"seat":"ab"}"#] {
+            assert_eq!(claimed_role(silent), None, "{silent}");
         }
-        // The clock probe with a role still gets its answer.
         assert!(pong_reply(r#"{"ping":5,"player":1}"#, 9).is_some());
     }
 

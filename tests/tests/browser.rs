@@ -453,6 +453,23 @@ async fn check_paddle_follows_keys(client: &Client, served: &Served) {
         .expect("wait for the player");
     assert!(ready.get("error").is_none(), "{ready}");
     assert_eq!(ready["input"]["player"], json!("2"), "{ready}");
+    // The pod gave the page's input connection a seat, and the page shows it with its video's
+    // clock probes: the pod counts this viewer as a player's (its link sets the bitrate).
+    let seated = poll_page(
+        client,
+        "/^[0-9a-f]{32}$/.test(window.playpodInput.seat || '')",
+        5,
+    )
+    .await;
+    assert_eq!(seated["met"], json!(true), "the page got no seat: {seated}");
+    let counted_by = Instant::now() + Duration::from_secs(5);
+    while metric(served, "playpod_viewers_seated") != 1.0 {
+        assert!(
+            Instant::now() < counted_by,
+            "the pod never counted the page as player 2's"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let badge = client
         .execute(
             "return document.getElementById('badge').textContent;",

@@ -271,11 +271,31 @@ async fn next_text(ws: &mut Ws) -> String {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match next_message(ws, left).await {
+            // The seat comes first on every controller (`seat_of`); replies come after it.
+            Some(Message::Text(t)) if t.starts_with(r#"{"seat":"#) => {}
             Some(Message::Text(t)) => return t.to_string(),
             Some(_) => {}
             None => panic!("no text reply within 5 s"),
         }
     }
+}
+
+/// The seat a controller is told first: 32 hex digits, its page's proof that it holds the
+/// player's controls.
+async fn seat_of(ws: &mut Ws) -> String {
+    let first = next_message(ws, Duration::from_secs(5))
+        .await
+        .expect("a first message on a controller");
+    let Message::Text(text) = first else {
+        panic!("the first message is not the seat: {first:?}");
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let seat = v["seat"].as_str().unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        seat.len() == 32 && seat.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+    seat.to_owned()
 }
 
 /// Reads until the server closes the socket; returns its close frame.
@@ -532,14 +552,17 @@ async fn one_controller_per_slot_and_takeover_releases_the_old_keys() {
     let addr = setup.addr();
     let rec = &setup.recorder;
     let mut first = setup.player(1).await;
+    let first_seat = seat_of(&mut first).await;
     send_bits(&mut first, 0b0000_0001).await; // up
     rec.wait_for(&[sym::W], 1).await;
 
-    // A second controller is refused, with the reason, and the first keeps playing.
+    // A second controller is refused, with the reason and no seat, and the first keeps playing.
     let mut second = setup.player(1).await;
-    let frame = close_frame(&mut second)
-        .await
-        .expect("a close frame for the second connection");
+    let Some(Message::Close(Some(frame))) =
+        next_message(&mut second, Duration::from_secs(10)).await
+    else {
+        panic!("the refused connection got something before its close frame");
+    };
     assert_eq!(u16::from(frame.code), 4001, "{frame:?}");
     assert!(
         frame.reason.contains("player 1 is already connected")
@@ -556,6 +579,12 @@ async fn one_controller_per_slot_and_takeover_releases_the_old_keys() {
         .expect("a close frame for the replaced connection");
     assert_eq!(u16::from(frame.code), 4002, "{frame:?}");
     assert!(frame.reason.contains("taken over"), "{frame:?}");
+    // A seat of its own; player 2's is another.
+    let third_seat = seat_of(&mut third).await;
+    assert_ne!(third_seat, first_seat);
+    let mut other = setup.player(2).await;
+    assert!(![&first_seat, &third_seat].contains(&&seat_of(&mut other).await));
+    other.close(None).await.unwrap();
     send_bits(&mut third, 0b0010_0000).await; // b
     let events = rec.wait_for(&[sym::W, sym::F, sym::G], 5).await;
     assert_eq!(

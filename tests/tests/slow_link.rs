@@ -117,16 +117,16 @@ struct Arrival {
 
 /// Reads the video WebSocket at `url` for `seconds` from inside the namespace `ns`.
 fn view_from(ns: &str, url: String, seconds: u64) -> Vec<Arrival> {
-    view_from_saying(ns, url, seconds, None)
+    view_from_saying(ns, url, seconds, Vec::new())
 }
 
-/// [`view_from`], sending the text `say.1` on the socket `say.0` after the start, as the page
-/// does with its clock probes.
+/// [`view_from`], sending each text of `say` on the socket at its time after the start (in
+/// order), as the page does with its clock probes.
 fn view_from_saying(
     ns: &str,
     url: String,
     seconds: u64,
-    say: Option<(Duration, &'static str)>,
+    say: Vec<(Duration, String)>,
 ) -> Vec<Arrival> {
     let ns = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
     std::thread::spawn(move || {
@@ -142,16 +142,16 @@ fn view_from_saying(
                 .await
                 .expect("connect from the namespace");
             let mut got = Vec::new();
-            let mut say = say;
+            let mut say = say.into_iter().peekable();
             loop {
-                let until = match say {
-                    Some((at, _)) => deadline.min(tokio::time::Instant::from_std(start + at)),
+                let until = match say.peek() {
+                    Some((at, _)) => deadline.min(tokio::time::Instant::from_std(start + *at)),
                     None => deadline,
                 };
                 let msg = match tokio::time::timeout_at(until, ws.next()).await {
                     Ok(Some(Ok(msg))) => msg,
                     Err(_) if until < deadline => {
-                        let (_, text) = say.take().expect("a message to send");
+                        let (_, text) = say.next().expect("a message to send");
                         ws.send(Message::text(text)).await.expect("send");
                         continue;
                     }
@@ -279,9 +279,11 @@ fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
     assert!(pod.terminate().success());
 }
 
-/// A player connected on `/input/1` from this namespace, answering the pod's pings, until
-/// dropped.
+/// A player connected on `/input/1` from outside the namespace, answering the pod's pings,
+/// until dropped.
 struct Player {
+    /// What the pod told this controller, for its page to show.
+    seat: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -299,7 +301,14 @@ impl Player {
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                     .await
                     .expect("connect the player");
-                ready_tx.send(()).unwrap();
+                let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+                let Ok(Some(Ok(Message::Text(text)))) = first else {
+                    panic!("no seat for the player: {first:?}");
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                ready_tx
+                    .send(v["seat"].as_str().expect("a seat").to_owned())
+                    .unwrap();
                 tokio::pin!(stopped);
                 loop {
                     tokio::select! {
@@ -310,10 +319,11 @@ impl Player {
                 let _ = ws.close(None).await;
             });
         });
-        ready
+        let seat = ready
             .recv_timeout(Duration::from_secs(10))
             .expect("the player connected");
         Self {
+            seat,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -340,7 +350,7 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
         return;
     };
     let ws_base = pod.url.replacen("http://", "ws://", 1);
-    let _player = Player::connect(format!("{ws_base}input/1"));
+    let player = Player::connect(format!("{ws_base}input/1"));
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
     // The pod counts the player once its input thread has it, a moment after the handshake.
     let counted = Instant::now() + Duration::from_secs(10);
@@ -348,25 +358,32 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
         assert!(Instant::now() < counted, "the pod never counted the player");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A spectator behind the slow link for 10 s, then it says it is player 1 (as a player's page
-    // does with each clock probe) and watches 10 s more.
+    // A spectator behind the slow link that claims to be player 1 without its seat (one it
+    // made up) for 10 s; then it shows player 1's seat, as that player's page does with each
+    // clock probe, and watches 10 s more.
     let ns = link.ns.clone();
-    let viewer = std::thread::spawn(move || {
-        view_from_saying(
-            &ns,
-            format!("{ws_base}video"),
-            20,
-            Some((Duration::from_secs(10), r#"{"ping":1,"player":1}"#)),
-        )
-    });
+    let forged = "0123456789abcdef0123456789abcdef";
+    assert_ne!(player.seat, forged);
+    let say = vec![
+        (
+            Duration::ZERO,
+            format!(r#"{{"ping":1,"player":1,"seat":"{forged}"}}"#),
+        ),
+        (
+            Duration::from_secs(10),
+            format!(r#"{{"ping":2,"player":1,"seat":"{}"}}"#, player.seat),
+        ),
+    ];
+    let viewer =
+        std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 20, say));
     std::thread::sleep(Duration::from_millis(9_500));
     let slow_links = value(&pod, "playpod_viewer_slow_links_total");
     let lags = value(&pod, "playpod_viewer_lags_total");
     let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
     let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
     eprintln!(
-        "a spectator on the slow link, a player elsewhere: {slow_links} slow-link reports, {lags} \
-         lags, {decreases} decreases, target {:.0} kbit/s",
+        "a spectator on the slow link claiming player 1's seat, the player elsewhere: \
+         {slow_links} slow-link reports, {lags} lags, {decreases} decreases, target {:.0} kbit/s",
         target / 1000.0
     );
     assert!(
@@ -379,7 +396,7 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
     let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
     eprintln!(
-        "then as player 1: {decreases} decreases, target {:.0} kbit/s; {} frames in all",
+        "then with player 1's seat: {decreases} decreases, target {:.0} kbit/s; {} frames in all",
         target / 1000.0,
         got.len()
     );

@@ -153,6 +153,14 @@ impl Players {
         self.serving.load(Ordering::Acquire)
     }
 
+    /// Whether `seat` is the one `player`'s current connection was given: the page showing it
+    /// holds that player's controls.
+    pub fn seated(&self, player: u8, seat: &str) -> bool {
+        self.slots
+            .get(usize::from(player.wrapping_sub(1)))
+            .is_some_and(|slot| slot.seated(seat))
+    }
+
     /// Gives an accepted connection to `player`'s slot (1 or 2); a refused or displaced
     /// connection is closed here with its reason (blocking: a close frame and its answer).
     pub fn hand_off(&self, player: u8, incoming: Incoming) {

@@ -24,6 +24,8 @@ struct State {
     current: Option<TcpStream>,
     /// The current connection was shut down because another one took over.
     replaced: bool,
+    /// The current connection's seat (see [`Slot::next`]).
+    seat: Option<String>,
     stopping: bool,
 }
 
@@ -93,8 +95,10 @@ impl Slot {
     }
 
     /// Waits for the next connection; `None` once the slot is stopping. The connection becomes
-    /// the current one until [`Slot::finished`].
-    pub fn next(&self) -> Option<Incoming> {
+    /// the current one until [`Slot::finished`], with a fresh seat: 128 random bits (hex) that
+    /// the player's thread tells that connection's page, and that page alone, so that its
+    /// video connection can show it is this player's ([`Slot::seated`]).
+    pub fn next(&self) -> Option<(Incoming, String)> {
         let mut state = self.lock();
         loop {
             if state.stopping {
@@ -103,8 +107,10 @@ impl Slot {
             if let Some(incoming) = state.pending.take() {
                 state.current = incoming.shutdown.try_clone().ok();
                 state.replaced = false;
+                let seat = crate::token::random_token();
+                state.seat = Some(seat.clone());
                 // A takeover that came while the slot was between connections is not one.
-                return Some(incoming);
+                return Some((incoming, seat));
             }
             state = self
                 .wake
@@ -113,11 +119,20 @@ impl Slot {
         }
     }
 
-    /// The current connection ended; returns whether it was taken over.
+    /// The current connection ended; returns whether it was taken over. Its seat is void.
     pub fn finished(&self) -> bool {
         let mut state = self.lock();
         state.current = None;
+        state.seat = None;
         std::mem::take(&mut state.replaced)
+    }
+
+    /// Whether `seat` is the current connection's (compared in constant time).
+    pub fn seated(&self, seat: &str) -> bool {
+        self.lock()
+            .seat
+            .as_deref()
+            .is_some_and(|current| crate::token::token_matches(current, seat))
     }
 
     /// Stops the slot: the current connection is shut down, and the waiting one handed back
@@ -135,5 +150,54 @@ impl Slot {
     /// Whether the session is stopping.
     pub fn stopping(&self) -> bool {
         self.lock().stopping
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::input::PlayerStream;
+
+    /// A server-side connection over loopback, and its client end (kept open).
+    fn incoming(takeover: bool) -> (Incoming, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let incoming = Incoming::new(PlayerStream::Plain(server), Vec::new(), takeover).unwrap();
+        (incoming, client)
+    }
+
+    #[test]
+    fn each_connection_gets_a_seat_of_its_own_while_it_is_current() {
+        let slot = Slot::new(1);
+        assert!(!slot.seated(""), "an empty slot holds no seat");
+        let (first, _client) = incoming(false);
+        assert!(matches!(slot.hand_off(first), Handed::Queued));
+        assert!(!slot.seated(""), "a queued connection has no seat yet");
+        let (_first, seat) = slot.next().unwrap();
+        assert_eq!(seat.len(), 32);
+        assert!(seat.chars().all(|c| c.is_ascii_hexdigit()), "{seat}");
+        assert!(slot.seated(&seat));
+        let mut last_differs = seat.clone();
+        last_differs.replace_range(31.., if seat.ends_with('0') { "1" } else { "0" });
+        for wrong in ["", &seat[..31], &last_differs, &format!("{seat}0")] {
+            assert!(!slot.seated(wrong), "{wrong:?}");
+        }
+
+        // The one that takes over has another; the old seat is void once its connection ends.
+        let (second, _client) = incoming(true);
+        assert!(matches!(slot.hand_off(second), Handed::Queued));
+        assert!(slot.finished(), "taken over");
+        assert!(!slot.seated(&seat));
+        let (_second, next_seat) = slot.next().unwrap();
+        assert_ne!(next_seat, seat);
+        assert!(slot.seated(&next_seat) && !slot.seated(&seat));
+        assert!(!slot.finished());
+        assert!(
+            !slot.seated(&next_seat),
+            "a connection that ended holds no seat"
+        );
     }
 }

@@ -43,7 +43,7 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
             );
         }
     }
-    while let Some(incoming) = slot.next() {
+    while let Some((incoming, seat)) = slot.next() {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         health.players.fetch_add(1, Ordering::Relaxed);
         health.touch();
@@ -52,7 +52,7 @@ pub fn run(slot: &Slot, config: &PlayerConfig, stats: &InputStats, health: &Heal
         // A bug met by one connection must not take the player away for the rest of the
         // session: the keys are released as the injector unwinds, and the slot goes on.
         let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            serve(&mut ws, slot, config, stats)
+            serve(&mut ws, &seat, slot, config, stats)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(
@@ -141,6 +141,7 @@ enum End {
 
 fn serve(
     ws: &mut WebSocket<PlayerStream>,
+    seat: &str,
     slot: &Slot,
     config: &PlayerConfig,
     stats: &InputStats,
@@ -156,7 +157,7 @@ fn serve(
         }
     };
     let mut input = PlayerInput::new(injector);
-    let end = play(ws, slot, config, stats, &mut input);
+    let end = play(ws, seat, slot, config, stats, &mut input);
     tracing::debug!(player, held = input.held().0, "releasing the player's keys");
     input.release_all();
     // A round trip, so the X server has processed the releases before the connection closes:
@@ -167,9 +168,10 @@ fn serve(
     end
 }
 
-/// Reads messages and plays them until the connection ends.
+/// Tells the page its seat, then reads messages and plays them until the connection ends.
 fn play(
     ws: &mut WebSocket<PlayerStream>,
+    seat: &str,
     slot: &Slot,
     config: &PlayerConfig,
     stats: &InputStats,
@@ -183,6 +185,11 @@ fn play(
     let ping_every = (config.silence_limit / 3).max(Duration::from_millis(100));
     if let Err(err) = ws.get_ref().tcp().set_read_timeout(Some(ping_every)) {
         tracing::debug!(player, %err, "cannot set the input socket's read timeout");
+    }
+    // The page shows the seat with its video connection's clock probes: only the page that
+    // holds a player's controls counts as that player there.
+    if reply_text(ws, &format!(r#"{{"seat":"{seat}"}}"#)).is_err() {
+        return End::Closed;
     }
     let mut heard = Instant::now();
     loop {
