@@ -144,7 +144,9 @@ pub struct AudioArgs {
     /// Do not stream the game's sound (`/readyz` says audio "off").
     #[arg(long)]
     pub no_audio: bool,
-    /// Opus bitrate of the game's sound in kbit/s (stereo, 10 ms frames).
+    /// Opus bitrate of the game's sound in kbit/s (stereo, 10 ms frames). While a slow link
+    /// holds the video below --bitrate-kbps, the sound gives up the same share, down to 32
+    /// kbit/s (not with --fixed-bitrate).
     #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(16..=510))]
     pub audio_bitrate_kbps: u32,
 }

@@ -415,6 +415,13 @@ impl Collector for AudioCollector {
             "Audio messages sent to listeners (all listeners).",
             load(&s.packets_sent),
         )?;
+        gauge(
+            &mut enc,
+            "audio_bitrate_target_bits_per_second",
+            "The Opus encoder's target bitrate now: --audio-bitrate-kbps, lowered with the \
+             video's while a slow link holds it down.",
+            load(&s.bitrate_target_bps) as i64,
+        )?;
         counter(
             &mut enc,
             "audio_pcm_overruns",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use playpod_ffi::cuda::ChromaLayout;
-use playpod_hotpath::audio::AudioPipeline;
+use playpod_hotpath::audio::{AudioPipeline, FollowVideo};
 use playpod_hotpath::capture::FrameSource;
 use playpod_hotpath::damage::ScreenChanges;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
@@ -221,11 +221,20 @@ impl Session {
         } else {
             audio
         };
-        let (audio_threads, audio_feed) =
-            match crate::audio::start(audio, args.audio.audio_bitrate_kbps, !args.every_frame)? {
-                Some((threads, feed)) => (Some(threads), Some(feed)),
-                None => (None, None),
-            };
+        // The audio gives up the share of its bitrate a slow link takes from the video.
+        let follow = (!args.fixed_bitrate).then(|| FollowVideo {
+            stats: stats.clone(),
+            max_bps: settings.bitrate_bps,
+        });
+        let (audio_threads, audio_feed) = match crate::audio::start(
+            audio,
+            args.audio.audio_bitrate_kbps,
+            !args.every_frame,
+            follow,
+        )? {
+            Some((threads, feed)) => (Some(threads), Some(feed)),
+            None => (None, None),
+        };
         let metrics = Metrics::new(stats.clone(), health.clone(), ring.clone())
             .with_input(players.stats().clone())
             .with_audio(audio_feed.clone());

@@ -4,7 +4,8 @@
 //! `opus` crate, independently of the server's encoder settings); a click reaches the listener
 //! quickly; killing PulseAudio leaves the video flowing and restarting it brings the sound back;
 //! when the game ends (its X server stops) the audio socket closes saying so, like the video
-//! and input ones; and the per-frame work (PCM ring -> Opus -> broadcast ring) allocates nothing.
+//! and input ones; a viewer too slow for the video lowers the audio's bitrate with the video's;
+//! and the per-frame work (PCM ring -> Opus -> broadcast ring) allocates nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -685,6 +686,7 @@ fn a_missing_server_is_down_not_an_error() {
             source: "game.monitor".into(),
         }),
         playpod_hotpath::audio::AudioConfig::default(),
+        None,
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -826,4 +828,75 @@ async fn the_demo_plays_pong_sounds_and_stops_its_pulseaudio() {
         "PulseAudio ({pulse_pid}) outlived the demo"
     );
     assert!(!dir.exists(), "{} was left behind", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_too_slow_for_the_video_lowers_the_audio_bitrate_too() {
+    // The plasma moves every frame: 1500 kbit/s of video. A spectator (no player is connected,
+    // so its link counts) that reads 40 KB/s, through a receive buffer of 4 KiB, falls behind the
+    // ring: the video's target comes down, and the audio gives up the same share of its 96
+    // kbit/s, down to its floor; a listener keeps the audio encoder running.
+    let rig = Rig::start_with(&["--bitrate-kbps", "1500"]);
+    let display = rig.xvfb.as_ref().expect("the rig's screen").name();
+    let _game = playpod_tests::start_game(&display, "plasma", (320, 240));
+    let _listener = rig.connect("audio").await;
+    let audio_target = playpod_tests::soak::metric_value(
+        &rig.pod.get("/metrics"),
+        "playpod_audio_bitrate_target_bits_per_second",
+    );
+    assert_eq!(audio_target, Some(96_000.0));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = rig
+        .pod
+        .origin()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let tcp = socket.connect(addr).await.expect("connect");
+    let (mut viewer, _) = tokio_tungstenite::client_async(rig.ws_url("video"), tcp)
+        .await
+        .expect("the video handshake");
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match viewer.get_mut().read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+
+    // Both targets from one scrape; the audio thread takes a new video target within a frame.
+    let targets = || {
+        let metrics = rig.pod.get("/metrics");
+        let value = |name| playpod_tests::soak::metric_value(&metrics, name).unwrap_or(f64::NAN);
+        (
+            value("playpod_video_bitrate_target_bits_per_second"),
+            value("playpod_audio_bitrate_target_bits_per_second"),
+        )
+    };
+    let by = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (video, audio) = targets();
+        // The same share, in whole kbit/s, down to the floor.
+        let share = ((96.0 * video / 1_500_000.0).floor() * 1e3).max(32_000.0);
+        if video <= 1_500_000.0 * 0.4 && audio == share {
+            eprintln!(
+                "video target {:.0} kbit/s, audio {:.0} kbit/s",
+                video / 1e3,
+                audio / 1e3
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < by,
+            "after 20 s: video target {video}, audio target {audio} (want {share})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reader.abort();
 }

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             always_encode: true,
             ..AudioConfig::default()
         },
+        None,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reader = ring.subscribe().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,11 +1,12 @@
 //! PCM frame -> Opus packet -> broadcast ring, one frame per call, allocation-free.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::pipeline::unix_micros;
 use crate::ring::{PublishError, RingWriter};
-use crate::stats::bump;
+use crate::stats::{PipelineStats, bump};
 
 use super::{AudioStats, CHANNELS, MAX_PACKET, PcmFrame, SAMPLE_RATE};
 
@@ -34,6 +35,32 @@ impl Default for OpusSettings {
 /// stay in step for the next sound.
 pub const SILENCE_TAIL_FRAMES: u32 = 3;
 
+/// The video's bitrate target, for the audio to follow ([`OpusStage::follow_video`]).
+#[derive(Debug, Clone)]
+pub struct FollowVideo {
+    /// The frame thread's counters: `bitrate_target_bps` is the video's target now.
+    pub stats: Arc<PipelineStats>,
+    /// The video's full bitrate (`--bitrate-kbps`).
+    pub max_bps: u32,
+}
+
+/// The least the audio goes down to while it follows the video: game sound stays clear in
+/// Opus stereo at this rate.
+pub const FOLLOW_FLOOR_BPS: u32 = 32_000;
+
+/// The audio's bitrate while the video's target is `video_bps` of its full `video_max_bps`: the
+/// same share of `full_bps`, in whole kbit/s, no lower than [`FOLLOW_FLOOR_BPS`] (nor above
+/// `full_bps`). A target of 0 (not set) or at the full bitrate leaves the audio at `full_bps`.
+pub fn following_bitrate(full_bps: u32, video_bps: u64, video_max_bps: u32) -> u32 {
+    if video_bps == 0 || video_bps >= u64::from(video_max_bps) {
+        return full_bps;
+    }
+    let share = u64::from(full_bps) * video_bps / u64::from(video_max_bps) / 1000 * 1000;
+    u32::try_from(share)
+        .unwrap_or(full_bps)
+        .max(FOLLOW_FLOOR_BPS.min(full_bps))
+}
+
 /// Why a frame could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AudioEncodeError {
@@ -61,6 +88,10 @@ pub struct OpusStage {
     skip_silence: bool,
     /// Silent frames in a row up to now.
     silent_run: u32,
+    /// The bitrate set (`--audio-bitrate-kbps`), and the one the encoder has now.
+    full_bps: u32,
+    bitrate_bps: u32,
+    follow: Option<FollowVideo>,
 }
 
 impl std::fmt::Debug for OpusStage {
@@ -77,11 +108,21 @@ pub fn new_encoder(settings: OpusSettings) -> Result<opus::Encoder, AudioEncodeE
         opus::Channels::Mono
     };
     let mut encoder = opus::Encoder::new(SAMPLE_RATE, channels, opus::Application::LowDelay)?;
-    let bitrate = i32::try_from(settings.bitrate_bps.clamp(6_000, 510_000)).unwrap_or(96_000);
-    encoder.set_bitrate(opus::Bitrate::Bits(bitrate))?;
+    set_bitrate(&mut encoder, opus_bitrate(settings.bitrate_bps))?;
     // Constant packet timing for the listeners' jitter buffers; VBR keeps quality where it counts.
     encoder.set_vbr(true)?;
     Ok(encoder)
+}
+
+/// `bps` within what Opus takes.
+fn opus_bitrate(bps: u32) -> u32 {
+    bps.clamp(6_000, 510_000)
+}
+
+fn set_bitrate(encoder: &mut opus::Encoder, bps: u32) -> Result<(), AudioEncodeError> {
+    // Within Opus's range, which fits an i32.
+    let bits = i32::try_from(opus_bitrate(bps)).unwrap_or(96_000);
+    Ok(encoder.set_bitrate(opus::Bitrate::Bits(bits))?)
 }
 
 impl OpusStage {
@@ -90,6 +131,10 @@ impl OpusStage {
         stats: Arc<AudioStats>,
         settings: OpusSettings,
     ) -> Result<Self, AudioEncodeError> {
+        let full_bps = opus_bitrate(settings.bitrate_bps);
+        stats
+            .bitrate_target_bps
+            .store(u64::from(full_bps), Ordering::Relaxed);
         Ok(Self {
             encoder: new_encoder(settings)?,
             packet: [0; MAX_PACKET],
@@ -97,7 +142,33 @@ impl OpusStage {
             stats,
             skip_silence: settings.skip_silence,
             silent_run: 0,
+            full_bps,
+            bitrate_bps: full_bps,
+            follow: None,
         })
+    }
+
+    /// Follows the video's bitrate target from now on: while a slow link holds the video below
+    /// its full bitrate, the audio gives up the same share ([`following_bitrate`]); checked
+    /// before each frame (two relaxed loads; the encoder is only told of a change).
+    pub fn follow_video(&mut self, follow: FollowVideo) {
+        self.follow = Some(follow);
+    }
+
+    fn follow_the_video(&mut self) -> Result<(), AudioEncodeError> {
+        let Some(follow) = &self.follow else {
+            return Ok(());
+        };
+        let video_bps = follow.stats.bitrate_target_bps.load(Ordering::Relaxed);
+        let want = following_bitrate(self.full_bps, video_bps, follow.max_bps);
+        if want != self.bitrate_bps {
+            set_bitrate(&mut self.encoder, want)?;
+            self.bitrate_bps = want;
+            self.stats
+                .bitrate_target_bps
+                .store(u64::from(want), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Whether anyone listens.
@@ -108,6 +179,7 @@ impl OpusStage {
     /// Encodes one frame and publishes the packet; returns its ring position, or `None` for a
     /// frame of silence that is not sent (see [`OpusSettings::skip_silence`]).
     pub fn encode(&mut self, frame: &PcmFrame) -> Result<Option<u64>, AudioEncodeError> {
+        self.follow_the_video()?;
         let stats = &*self.stats;
         if frame.is_silent() {
             self.silent_run = self.silent_run.saturating_add(1);
@@ -308,5 +380,84 @@ mod tests {
         let sent = results.iter().flatten().count();
         assert_eq!(sent, SILENCE_TAIL_FRAMES as usize);
         assert_eq!(stats.frames_silent.load(Ordering::Relaxed), 47);
+    }
+
+    #[test]
+    fn the_audio_gives_up_the_share_the_video_gives_up() {
+        let full = 96_000;
+        // Not set yet, at or above the full video bitrate: the full audio bitrate.
+        for video in [0, 1_500_000, 2_000_000] {
+            assert_eq!(following_bitrate(full, video, 1_500_000), full, "{video}");
+        }
+        assert_eq!(following_bitrate(full, 1_125_000, 1_500_000), 72_000);
+        // Whole kbit/s: 96 * 0.7 = 67.2.
+        assert_eq!(following_bitrate(full, 1_050_000, 1_500_000), 67_000);
+        // Not below the floor, nor the floor above a lower setting.
+        assert_eq!(
+            following_bitrate(full, 150_000, 1_500_000),
+            FOLLOW_FLOOR_BPS
+        );
+        assert_eq!(following_bitrate(24_000, 150_000, 1_500_000), 24_000);
+    }
+
+    #[test]
+    fn a_stage_following_the_video_encodes_at_its_share() {
+        let (ring, writer) = Ring::new(RingConfig {
+            slots: 64,
+            slot_bytes: 1536,
+            max_readers: 4,
+        });
+        let stats = Arc::new(AudioStats::default());
+        let video = Arc::new(PipelineStats::default());
+        let max_bps = 2_000_000;
+        video.bitrate_target_bps.store(max_bps, Ordering::Relaxed);
+        let mut stage = OpusStage::new(writer, stats.clone(), OpusSettings::default()).unwrap();
+        stage.follow_video(FollowVideo {
+            stats: video.clone(),
+            max_bps: max_bps as u32,
+        });
+        let mut reader = ring.subscribe().unwrap();
+        // Loud noise: the encoder spends what it is allowed.
+        let mut seed = 0x2545_f491_u32;
+        let mut frame = PcmFrame::default();
+        let mut run = |stage: &mut OpusStage, frames: usize| -> f64 {
+            let mut bytes = 0;
+            for _ in 0..frames {
+                for v in frame.samples.iter_mut() {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    *v = (seed >> 16) as i16 / 2;
+                }
+                stage.encode(&frame).unwrap().expect("a packet");
+                let mut packet = Vec::new();
+                assert!(matches!(
+                    reader.try_read(&mut packet),
+                    ReadOutcome::Frame(_)
+                ));
+                bytes += packet.len();
+            }
+            // bits per second, 10 ms frames
+            bytes as f64 * 8.0 * 100.0 / frames as f64
+        };
+        let target = |stats: &AudioStats| stats.bitrate_target_bps.load(Ordering::Relaxed);
+        let full = run(&mut stage, 100);
+        assert_eq!(target(&stats), 96_000);
+        // A slow link holds the video at a quarter: the audio goes to its floor.
+        video
+            .bitrate_target_bps
+            .store(max_bps / 4, Ordering::Relaxed);
+        let low = run(&mut stage, 100);
+        assert_eq!(target(&stats), u64::from(FOLLOW_FLOOR_BPS));
+        // The video climbs back: so does the audio.
+        video.bitrate_target_bps.store(max_bps, Ordering::Relaxed);
+        let again = run(&mut stage, 100);
+        assert_eq!(target(&stats), 96_000);
+        eprintln!(
+            "noise at {:.0} / {:.0} / {:.0} kbit/s",
+            full / 1e3,
+            low / 1e3,
+            again / 1e3
+        );
+        assert!(low < full * 0.5, "{low} vs {full}");
+        assert!(again > low * 2.0, "{again} vs {low}");
     }
 }

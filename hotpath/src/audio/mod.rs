@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use crate::stats::{Histogram, SampleWindow};
 
 pub use clock::{Backoff, CaptureClock};
-pub use encode::{OpusSettings, OpusStage};
+pub use encode::{FollowVideo, OpusSettings, OpusStage};
 pub use pipeline::{AudioConfig, AudioPipeline, PcmConnector, PcmSource, SourceError};
 pub use pulse::{PulseConnector, PulsePlayer, PulseRecorder};
 
@@ -124,6 +124,8 @@ pub struct AudioStats {
     pub reconnects: AtomicU64,
     /// Audio messages sent to listeners (bumped by the server).
     pub packets_sent: AtomicU64,
+    /// The Opus encoder's target bitrate now: the one set, lower while it follows the video's.
+    pub bitrate_target_bps: AtomicU64,
     /// Time in the Opus encoder per frame.
     pub encode_time: Histogram,
     /// Capture time of a frame's first sample -> its packet in the ring.
@@ -148,6 +150,7 @@ impl AudioStats {
             encode_errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             packets_sent: AtomicU64::new(0),
+            bitrate_target_bps: AtomicU64::new(0),
             encode_time: Histogram::default(),
             capture_to_ring: Histogram::default(),
             encode_time_window: SampleWindow::new(4096),

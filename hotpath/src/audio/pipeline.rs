@@ -11,7 +11,7 @@ use crate::ring::{Ring, RingConfig};
 use crate::stats::bump;
 
 use super::clock::{Backoff, CaptureClock};
-use super::encode::{AudioEncodeError, OpusSettings, OpusStage};
+use super::encode::{AudioEncodeError, FollowVideo, OpusSettings, OpusStage};
 use super::{AudioState, AudioStats, FRAME_BYTES, FRAME_SAMPLES, FRAME_US, PcmFrame, SAMPLE_RATE};
 
 /// Why the sound server could not be used; the capture thread logs it and retries.
@@ -81,13 +81,18 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl AudioPipeline {
     /// Starts both threads. The Opus encoder is made here, so a bad setting fails at once.
+    /// With `follow`, the audio's bitrate follows the video's ([`OpusStage::follow_video`]).
     pub fn spawn(
         connector: Box<dyn PcmConnector>,
         config: AudioConfig,
+        follow: Option<FollowVideo>,
     ) -> Result<(Self, Ring, Arc<AudioStats>), AudioEncodeError> {
         let (ring, writer) = Ring::new(config.ring);
         let stats = Arc::new(AudioStats::new(AudioState::Down));
-        let stage = OpusStage::new(writer, stats.clone(), config.opus)?;
+        let mut stage = OpusStage::new(writer, stats.clone(), config.opus)?;
+        if let Some(follow) = follow {
+            stage.follow_video(follow);
+        }
         let (producer, consumer) = rtrb::RingBuffer::<PcmFrame>::new(config.pcm_frames.max(2));
         let stop = Arc::new(AtomicBool::new(false));
         let encoder = {
@@ -359,6 +364,7 @@ mod tests {
                 attempts: attempts.clone(),
             }),
             config,
+            None,
         )
         .unwrap();
         let mut reader = ring.subscribe().unwrap();

@@ -7,7 +7,8 @@ pub mod ws;
 use std::sync::Arc;
 
 use playpod_hotpath::audio::{
-    AudioConfig, AudioPipeline, AudioState, AudioStats, OpusSettings, PulseConnector, valid_name,
+    AudioConfig, AudioPipeline, AudioState, AudioStats, FollowVideo, OpusSettings, PulseConnector,
+    valid_name,
 };
 use playpod_hotpath::ring::Ring;
 
@@ -35,10 +36,13 @@ pub fn state(feed: Option<&AudioFeed>) -> AudioState {
 /// Starts recording and encoding; `Ok(None)` when audio is off. The threads reconnect by
 /// themselves, so a sound server that is not (yet) there is not an error: the state is "down".
 /// With `skip_silence`, digital silence is neither encoded nor sent after its first frames.
+/// With `follow`, the audio gives up the share of its bitrate that a slow link takes from the
+/// video's.
 pub fn start(
     source: &AudioSource,
     bitrate_kbps: u32,
     skip_silence: bool,
+    follow: Option<FollowVideo>,
 ) -> anyhow::Result<Option<(AudioPipeline, AudioFeed)>> {
     let AudioSource::Pulse { server, source } = source else {
         tracing::info!("audio: off");
@@ -58,13 +62,15 @@ pub fn start(
         server: Some(server.clone()),
         source: source.clone(),
     };
-    let (pipeline, ring, stats) = AudioPipeline::spawn(Box::new(connector), config)
+    let following = follow.is_some();
+    let (pipeline, ring, stats) = AudioPipeline::spawn(Box::new(connector), config, follow)
         .map_err(|err| anyhow::anyhow!("cannot start the audio pipeline: {err}"))?;
     tracing::info!(
         %server,
         %source,
         bitrate_kbps,
         skip_silence,
+        follows_the_video = following,
         "audio: Opus, 10 ms frames, 48 kHz stereo"
     );
     Ok(Some((pipeline, AudioFeed { ring, stats })))
