@@ -12,6 +12,7 @@
   const ctx = canvas.getContext('2d', { alpha: false, desynchronized: true });
   const statsEl = document.getElementById('stats');
   const messageEl = document.getElementById('message');
+  const qualityEl = document.getElementById('quality');
 
   // Everything the page measures; tests and the overlay read it.
   const stats = (window.playpodStats = {
@@ -19,6 +20,9 @@
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
     decodeErrors: 0, reconnects: 0, decodeQueue: 0, fps: 0, kbps: 0, latencyMs: null,
     clockOffsetMs: null, clockRttMs: null, ended: null, unsupported: null,
+    // The pod's bitrate target and the bitrate set (kbit/s), whether this page's own link was
+    // seen too slow for the stream lately, and what the page says of it (empty: nothing).
+    bitrateKbps: null, fullKbps: null, slowLink: false, quality: '',
     // Frames the pod sent this page that never came (it fell behind and skipped to a keyframe).
     missedFrames: 0,
     // The pod sends a frame when the picture changes, and one a second while it does not: a
@@ -75,6 +79,7 @@
   let clockOffsetUs = 0;
   const probes = [];
   function onPong(msg) {
+    showFit(msg);
     const now = performance.timeOrigin + performance.now();
     const rtt = now - msg.pong;
     if (!(rtt >= 0) || rtt > 10000) return;
@@ -84,6 +89,27 @@
     clockOffsetUs = best.offsetMs * 1000;
     stats.clockOffsetMs = Math.round(best.offsetMs * 10) / 10;
     stats.clockRttMs = Math.round(best.rtt * 10) / 10;
+  }
+
+  // One encoder feeds every viewer: the pod lowers its bitrate while a player's link (any
+  // viewer's while no player is connected) cannot carry the stream. Say which it is.
+  function showFit(msg) {
+    if (!(msg.fullKbps > 0) || !(msg.bitrateKbps >= 0)) return;
+    stats.bitrateKbps = msg.bitrateKbps;
+    stats.fullKbps = msg.fullKbps;
+    stats.slowLink = msg.slowLink === true;
+    const lowered = msg.bitrateKbps < 0.95 * msg.fullKbps;
+    let text = '';
+    if (stats.slowLink) text = lowered ? 'Slow connection: picture quality lowered' : 'Slow connection: frames skipped';
+    else if (lowered) text = 'Picture quality lowered for a slow connection elsewhere';
+    sayQuality(text, lowered ? `stream at ${msg.bitrateKbps} of ${msg.fullKbps} kbit/s` : '');
+  }
+  function sayQuality(text, title = '') {
+    if (text === stats.quality) return;
+    stats.quality = text;
+    qualityEl.textContent = text;
+    qualityEl.hidden = !text;
+    qualityEl.title = title;
   }
   const probeClock = (socket) => {
     if (socket.readyState === WebSocket.OPEN) {
@@ -295,6 +321,7 @@
     socket.onclose = (ev) => {
       clearInterval(prober);
       if (current === socket) current = null;
+      sayQuality('');
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;
@@ -346,7 +373,8 @@
     if (!overlayOn) { statsEl.textContent = 'stats'; return; }
     statsEl.textContent =
       `${stats.connected ? stats.width + 'x' + stats.height + ' ' + stats.codec : 'connecting…'}\n` +
-      `${stats.fps} fps${stats.still ? ' (picture still)' : ''}  ${stats.kbps} kbit/s\n` +
+      `${stats.fps} fps${stats.still ? ' (picture still)' : ''}  ${stats.kbps} kbit/s` +
+      `${stats.bitrateKbps !== null && stats.bitrateKbps < stats.fullKbps ? ` (target ${stats.bitrateKbps} of ${stats.fullKbps})` : ''}\n` +
       `latency ${stats.latencyMs ?? '–'} ms capture→decoded` +
       `${stats.clockRttMs === null ? '' : ` (clock ±${(stats.clockRttMs / 2).toFixed(1)} ms)`}\n` +
       `queue ${stats.decodeQueue}  ` +

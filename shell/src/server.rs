@@ -42,6 +42,9 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// A round trip this much above the least seen on the connection means a queue on the way:
 /// the stream is heavier than the link (see [`LinkProbe`]).
 pub const SLOW_LINK_QUEUE: Duration = Duration::from_millis(60);
+/// A viewer's link counts as slow in its clock answers for this long after its last sign of it
+/// (a queue or a lag): a second past the calm the bitrate waits for before it climbs.
+pub const SLOW_LINK_MEMORY: Duration = Duration::from_secs(5);
 
 /// The TCP socket under a request's connection (a duplicate of its descriptor; `None` where
 /// it could not be made), put in the request's extensions by the accept loop, so that a
@@ -200,6 +203,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The frame thread's counters (the bitrate target on /readyz).
     pub video: Arc<playpod_hotpath::stats::PipelineStats>,
+    /// The bitrate set (`--bitrate-kbps`), bits a second: the target's ceiling.
+    pub full_bitrate_bps: u32,
     /// The player slots behind `/input/1` and `/input/2`.
     pub input: Arc<crate::input::Players>,
     /// The game's sound, when audio is on (`WS .../audio`).
@@ -424,17 +429,44 @@ fn probe_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>
     }
 }
 
-/// The answer to a clock probe `{"ping":T}` (T: the player's clock, any finite number):
-/// `{"pong":T,"serverUs":NOW}` with our time in µs since the Unix epoch, the clock of the
-/// capture times. Anything else gets no answer.
-pub fn pong_reply(text: &str, now_us: u64) -> Option<String> {
-    pong_for(&probe_object(text)?, now_us)
+/// How the stream fits a viewer's link, told with each clock answer so that its page can say
+/// why the picture got worse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamFit {
+    /// The encoder's target bitrate now, kbit/s.
+    pub bitrate_kbps: u64,
+    /// The bitrate set (`--bitrate-kbps`), kbit/s: the target's ceiling.
+    pub full_kbps: u64,
+    /// This viewer's own link showed a queue or fell behind within [`SLOW_LINK_MEMORY`], or
+    /// since the target was last at the full bitrate (its link may be why it is not).
+    pub slow_link: bool,
 }
 
-fn pong_for(msg: &serde_json::Map<String, serde_json::Value>, now_us: u64) -> Option<String> {
+/// The answer to a clock probe `{"ping":T}` (T: the player's clock, any finite number):
+/// `{"pong":T,"serverUs":NOW,"bitrateKbps":B,"fullKbps":F,"slowLink":S}` with our time in µs
+/// since the Unix epoch (the clock of the capture times) and how the stream fits the viewer's
+/// link. Anything else gets no answer.
+pub fn pong_reply(text: &str, now_us: u64, fit: StreamFit) -> Option<String> {
+    pong_for(&probe_object(text)?, now_us, fit)
+}
+
+fn pong_for(
+    msg: &serde_json::Map<String, serde_json::Value>,
+    now_us: u64,
+    fit: StreamFit,
+) -> Option<String> {
     let ping = msg.get("ping")?;
     ping.as_f64().filter(|t| t.is_finite())?;
-    Some(serde_json::json!({ "pong": ping, "serverUs": now_us }).to_string())
+    Some(
+        serde_json::json!({
+            "pong": ping,
+            "serverUs": now_us,
+            "bitrateKbps": fit.bitrate_kbps,
+            "fullKbps": fit.full_kbps,
+            "slowLink": fit.slow_link,
+        })
+        .to_string(),
+    )
 }
 
 /// What a viewer's clock probe says of its page: `{"player":null}` a spectator's,
@@ -528,6 +560,8 @@ pub async fn stream_video<S, R>(
     let mut configured = false;
     let mut last_key_request: Option<tokio::time::Instant> = None;
     let mut lags = reader.lags();
+    // This viewer's last sign of a link too slow for the stream, whether it counts or not.
+    let mut troubled_at: Option<tokio::time::Instant> = None;
     // Whether this viewer's troubles count for the bitrate.
     let counts = |seated: bool| seated || health.players.load(Ordering::Relaxed) == 0;
     let mut link_checks = tokio::time::interval(LINK_CHECK_INTERVAL);
@@ -547,6 +581,7 @@ pub async fn stream_video<S, R>(
                         "a viewer's link holds a queue"
                     );
                     app.ring.report_slow_link();
+                    troubled_at = Some(tokio::time::Instant::now());
                     if counts(guard.seated) {
                         app.ring.report_trouble(link.delivered_bps);
                     }
@@ -593,7 +628,19 @@ pub async fn stream_video<S, R>(
                             }
                         });
                     }
-                    if let Some(reply) = pong_for(&msg, unix_micros())
+                    let target = app.video.bitrate_target_bps.load(Ordering::Relaxed);
+                    let full = u64::from(app.full_bitrate_bps);
+                    if target >= full
+                        && troubled_at.is_some_and(|at| at.elapsed() >= SLOW_LINK_MEMORY)
+                    {
+                        troubled_at = None;
+                    }
+                    let fit = StreamFit {
+                        bitrate_kbps: target / 1000,
+                        full_kbps: full / 1000,
+                        slow_link: troubled_at.is_some(),
+                    };
+                    if let Some(reply) = pong_for(&msg, unix_micros(), fit)
                         && !send(&mut sink, Message::Text(reply.into()), health).await
                     {
                         return;
@@ -605,6 +652,7 @@ pub async fn stream_video<S, R>(
         };
         if reader.lags() != lags {
             lags = reader.lags();
+            troubled_at = Some(tokio::time::Instant::now());
             if counts(guard.seated) {
                 let link = probe.as_mut().and_then(LinkProbe::check);
                 app.ring
@@ -730,14 +778,28 @@ mod tests {
         for silent in ["keyframe", r#"{"ping":5}"#, "[1]", "", r#"{"seat":"ab"}"#] {
             assert_eq!(claimed_role(silent), None, "{silent}");
         }
-        assert!(pong_reply(r#"{"ping":5,"player":1}"#, 9).is_some());
+        assert!(pong_reply(r#"{"ping":5,"player":1}"#, 9, StreamFit::default()).is_some());
     }
 
     #[test]
     fn clock_probes_get_our_time_and_nothing_else_does() {
+        let fit = StreamFit {
+            bitrate_kbps: 600,
+            full_kbps: 2500,
+            slow_link: true,
+        };
         let reply: serde_json::Value =
-            serde_json::from_str(&pong_reply(r#"{"ping":1234.5}"#, 99).unwrap()).unwrap();
-        assert_eq!(reply, serde_json::json!({"pong": 1234.5, "serverUs": 99}));
+            serde_json::from_str(&pong_reply(r#"{"ping":1234.5}"#, 99, fit).unwrap()).unwrap();
+        assert_eq!(
+            reply,
+            serde_json::json!({
+                "pong": 1234.5,
+                "serverUs": 99,
+                "bitrateKbps": 600,
+                "fullKbps": 2500,
+                "slowLink": true
+            })
+        );
         for bad in [
             "",
             "ping",
@@ -748,7 +810,7 @@ mod tests {
             r#"{"ping":1e999}"#,
             &format!(r#"{{"ping":1,"pad":"{}"}}"#, "x".repeat(200)),
         ] {
-            assert_eq!(pong_reply(bad, 1), None, "{bad:?}");
+            assert_eq!(pong_reply(bad, 1, fit), None, "{bad:?}");
         }
     }
 

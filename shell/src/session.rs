@@ -249,6 +249,7 @@ impl Session {
             health,
             metrics,
             video: stats,
+            full_bitrate_bps: settings.bitrate_bps,
             input: players,
             audio: audio_feed,
         });

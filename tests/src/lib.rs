@@ -594,3 +594,33 @@ pub fn cpus_allowed_list(status: &Path) -> Option<String> {
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         .map(|l| l.trim().to_owned())
 }
+
+/// A video viewer on a link far slower than the stream, over loopback: it opens
+/// `ws_url` (`ws://HOST:PORT/play/TOKEN/video`) through a receive buffer of 4 KiB, then reads
+/// 4 KiB every 100 ms (about 330 kbit/s), frames or not, until aborted or closed. The pod sees
+/// it fall behind its ring and, while no player is connected, lowers the bitrate for it.
+pub async fn slow_video_viewer(ws_url: &str) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncReadExt as _;
+    let host = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let addr: std::net::SocketAddr = host.parse().unwrap_or_else(|err| panic!("{ws_url}: {err}"));
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small buffer");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let (mut viewer, _) = tokio_tungstenite::client_async(ws_url, tcp)
+        .await
+        .expect("the video handshake");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match viewer.get_mut().read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+}

@@ -846,29 +846,7 @@ async fn a_viewer_too_slow_for_the_video_lowers_the_audio_bitrate_too() {
     );
     assert_eq!(audio_target, Some(96_000.0));
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr: std::net::SocketAddr = rig
-        .pod
-        .origin()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let tcp = socket.connect(addr).await.expect("connect");
-    let (mut viewer, _) = tokio_tungstenite::client_async(rig.ws_url("video"), tcp)
-        .await
-        .expect("the video handshake");
-    let reader = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt as _;
-        let mut buf = [0u8; 4096];
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            match viewer.get_mut().read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    });
+    let reader = playpod_tests::slow_video_viewer(&rig.ws_url("video")).await;
 
     // Both targets from one scrape; the audio thread takes a new video target within a frame.
     let targets = || {

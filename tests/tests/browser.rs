@@ -1032,6 +1032,73 @@ async fn chromium_labels_a_still_picture() {
     .await;
 }
 
+/// Another viewer on a link far slower than the stream (no player is connected, so its link
+/// counts): the pod lowers the bitrate, and this page, whose own link is fine, says the
+/// picture got worse for a slow connection elsewhere, with the target in its overlay.
+async fn check_quality_notice(client: &Client, served: &Served) {
+    client.goto(&served.url).await.expect("open the player");
+    let fine = poll_page(client, "s.framesDrawn > 10 && s.fullKbps > 0", 30).await;
+    assert_eq!(
+        fine["met"],
+        json!(true),
+        "no frames or clock answer: {fine}"
+    );
+    assert_eq!(fine["stats"]["fullKbps"], json!(2500), "{fine}");
+    assert_eq!(fine["stats"]["quality"], json!(""), "{fine}");
+    let hidden = client
+        .execute("return document.getElementById('quality').hidden;", vec![])
+        .await
+        .expect("the notice");
+    assert_eq!(hidden, json!(true));
+
+    let ws_url = format!("{}video", served.url.replacen("http://", "ws://", 1));
+    let slow = playpod_tests::slow_video_viewer(&ws_url).await;
+    let lowered = poll_page(client, "s.quality !== ''", 20).await;
+    slow.abort();
+    assert_eq!(
+        lowered["met"],
+        json!(true),
+        "the page never said: {lowered}"
+    );
+    let stats = &lowered["stats"];
+    assert_eq!(
+        stats["quality"],
+        json!("Picture quality lowered for a slow connection elsewhere"),
+        "{lowered}"
+    );
+    assert_eq!(stats["slowLink"], json!(false), "{lowered}");
+    assert!(
+        stats["bitrateKbps"].as_u64().unwrap_or(u64::MAX) < 2500 * 95 / 100,
+        "{lowered}"
+    );
+    let shown = client
+        .execute(
+            "const q = document.getElementById('quality'); return { hidden: q.hidden, \
+             text: q.textContent };",
+            vec![],
+        )
+        .await
+        .expect("the notice");
+    assert_eq!(shown["hidden"], json!(false), "{shown}");
+    assert_eq!(shown["text"], stats["quality"], "{shown}");
+    // The overlay, redrawn twice a second, shows the target beside the measured rate.
+    let overlay = poll_page(client, "/\\(target \\d+ of 2500\\)/.test(text)", 5).await;
+    assert_eq!(overlay["met"], json!(true), "{overlay}");
+    eprintln!(
+        "a slow viewer elsewhere: target {} of 2500 kbit/s, the page says {:?}",
+        stats["bitrateKbps"], stats["quality"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_says_why_the_picture_got_worse() {
+    in_chromium(
+        &["demo", "--scene", "plasma", "--no-audio"],
+        |client, served| check_quality_notice(client, served).boxed(),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_and_plays_the_demo_audio() {
     // --every-frame: a packet every 10 ms, silence too, so the decoding rate is measurable.

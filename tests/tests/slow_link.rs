@@ -115,19 +115,15 @@ struct Arrival {
     age_ms: f64,
 }
 
-/// Reads the video WebSocket at `url` for `seconds` from inside the namespace `ns`.
-fn view_from(ns: &str, url: String, seconds: u64) -> Vec<Arrival> {
-    view_from_saying(ns, url, seconds, Vec::new())
-}
-
-/// [`view_from`], sending each text of `say` on the socket at its time after the start (in
-/// order), as the page does with its clock probes.
+/// Reads the video WebSocket at `url` for `seconds` from inside the namespace `ns`, sending
+/// each text of `say` on the socket at its time after the start (in order), as the page does
+/// with its clock probes; returns the frames and the clock answers.
 fn view_from_saying(
     ns: &str,
     url: String,
     seconds: u64,
     say: Vec<(Duration, String)>,
-) -> Vec<Arrival> {
+) -> (Vec<Arrival>, Vec<serde_json::Value>) {
     let ns = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
     std::thread::spawn(move || {
         playpod_ffi::tcp::enter_network_namespace(&ns).expect("enter the namespace");
@@ -142,6 +138,7 @@ fn view_from_saying(
                 .await
                 .expect("connect from the namespace");
             let mut got = Vec::new();
+            let mut pongs = Vec::new();
             let mut say = say.into_iter().peekable();
             loop {
                 let until = match say.peek() {
@@ -157,6 +154,11 @@ fn view_from_saying(
                     }
                     _ => break,
                 };
+                if let Message::Text(t) = &msg
+                    && t.contains("\"pong\"")
+                {
+                    pongs.push(serde_json::from_str(t).expect("a JSON clock answer"));
+                }
                 if let Message::Binary(b) = msg
                     && b.len() >= 16
                 {
@@ -167,7 +169,7 @@ fn view_from_saying(
                     });
                 }
             }
-            got
+            (got, pongs)
         })
     })
     .join()
@@ -234,7 +236,9 @@ fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
             .replacen("http://", "ws://", 1)
             .trim_end_matches('?')
     );
-    let got = view_from(&link.ns, video, 24);
+    // A clock probe once the bitrate has settled: the answer tells the page its link is slow.
+    let say = vec![(Duration::from_secs(12), r#"{"ping":1}"#.to_owned())];
+    let (got, pongs) = view_from_saying(&link.ns, video, 24, say);
     let metrics = pod.get("/metrics");
     let value = |name| metric_value(&metrics, name).unwrap_or(f64::NAN);
     let target = value("playpod_video_bitrate_target_bits_per_second");
@@ -275,6 +279,16 @@ fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
     assert!(
         p50 < 150.0,
         "frames arrive {p50:.0} ms old (median over the last 12 s): a queue stands"
+    );
+    let [pong] = &pongs[..] else {
+        panic!("one clock answer, not {pongs:?}");
+    };
+    eprintln!("its clock answer at 12 s: {pong}");
+    assert_eq!(pong["slowLink"], true, "{pong}");
+    assert_eq!(pong["fullKbps"], 1500, "{pong}");
+    assert!(
+        pong["bitrateKbps"].as_u64().unwrap_or(u64::MAX) < 1500,
+        "{pong}"
     );
     assert!(pod.terminate().success());
 }
@@ -375,7 +389,7 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
         ),
     ];
     let viewer =
-        std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 20, say));
+        std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 20, say).0);
     std::thread::sleep(Duration::from_millis(9_500));
     let slow_links = value(&pod, "playpod_viewer_slow_links_total");
     let lags = value(&pod, "playpod_viewer_lags_total");
