@@ -87,8 +87,9 @@ pub struct StreamArgs {
     /// /metrics.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub bitrate_kbps: u32,
-    /// Keep --bitrate-kbps whatever the viewers' links: a viewer that cannot keep up skips
-    /// ahead to the next keyframe, and nobody else's picture changes.
+    /// Keep --bitrate-kbps (and --audio-bitrate-kbps) whatever the viewers' links: a viewer
+    /// that cannot keep up skips ahead to the next keyframe, and nobody else's picture or
+    /// sound changes.
     #[arg(long)]
     pub fixed_bitrate: bool,
     /// Video encoder and where the colour conversion runs.
