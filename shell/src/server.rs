@@ -215,6 +215,36 @@ impl AppState {
     pub(crate) fn token_ok(&self, presented: &str) -> bool {
         token_matches(&self.token, presented)
     }
+
+    /// Whether a page claiming `role` holds that player's seat now.
+    fn holds_seat(&self, role: &Role) -> bool {
+        let Role::Player { player, seat } = role else {
+            return false;
+        };
+        let seated = self.input.seated(*player, seat);
+        if !seated {
+            tracing::debug!(
+                player,
+                "a viewer's page claims a player's seat it does not hold"
+            );
+        }
+        seated
+    }
+
+    /// How the stream fits a viewer whose link last showed trouble at `troubled_at`, which is
+    /// forgotten once it is [`SLOW_LINK_MEMORY`] old and the target is back at full.
+    fn stream_fit(&self, troubled_at: &mut Option<tokio::time::Instant>) -> StreamFit {
+        let target = self.video.bitrate_target_bps.load(Ordering::Relaxed);
+        let full = u64::from(self.full_bitrate_bps);
+        if target >= full && troubled_at.is_some_and(|at| at.elapsed() >= SLOW_LINK_MEMORY) {
+            *troubled_at = None;
+        }
+        StreamFit {
+            bitrate_kbps: target / 1000,
+            full_kbps: full / 1000,
+            slow_link: troubled_at.is_some(),
+        }
+    }
 }
 
 /// The session's routes.
@@ -541,7 +571,8 @@ impl Drop for ViewerGuard<'_> {
 /// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring.
 /// Such a slow link, or a lag in the ring, lowers the encoder's bitrate when it is a player's
 /// (its clock probes show the seat of a connected player) or when no player is connected: a
-/// spectator on a weak link only skips ahead while players watch. Generic over the socket so tests can drive it.
+/// spectator on a weak link only skips ahead while players watch. Generic over the socket so
+/// tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
@@ -614,32 +645,9 @@ pub async fn stream_video<S, R>(
                         continue;
                     };
                     if let Some(role) = role_in(&msg) {
-                        guard.set_seated(match role {
-                            Role::Spectator => false,
-                            Role::Player { player, seat } => {
-                                let seated = app.input.seated(player, &seat);
-                                if !seated {
-                                    tracing::debug!(
-                                        player,
-                                        "a viewer's page claims a player's seat it does not hold"
-                                    );
-                                }
-                                seated
-                            }
-                        });
+                        guard.set_seated(app.holds_seat(&role));
                     }
-                    let target = app.video.bitrate_target_bps.load(Ordering::Relaxed);
-                    let full = u64::from(app.full_bitrate_bps);
-                    if target >= full
-                        && troubled_at.is_some_and(|at| at.elapsed() >= SLOW_LINK_MEMORY)
-                    {
-                        troubled_at = None;
-                    }
-                    let fit = StreamFit {
-                        bitrate_kbps: target / 1000,
-                        full_kbps: full / 1000,
-                        slow_link: troubled_at.is_some(),
-                    };
+                    let fit = app.stream_fit(&mut troubled_at);
                     if let Some(reply) = pong_for(&msg, unix_micros(), fit)
                         && !send(&mut sink, Message::Text(reply.into()), health).await
                     {

@@ -628,12 +628,16 @@ return [...pad.querySelectorAll('[data-pad]')].map((e) => {
 ";
 
 /// The page's width and its other controls (the overlay, the badge, the player choice, the
-/// sound button), as `[id, left, top, right, bottom]`; the overlay with its longest figures
-/// first (a still picture, a long latency line: its lines wrap on a phone).
+/// sound button, the notice of a lowered picture quality), as `[id, left, top, right, bottom]`;
+/// the overlay and the notice with their longest texts first (a still picture, a long latency
+/// line, a lowered target: their lines wrap on a phone).
 const CONTROLS: &str = r"
-document.getElementById('stats').textContent = '768x768 avc1.42C01F\n60 fps (picture still)  2500 kbit/s\n' +
-  'latency 123 ms capture→decoded (clock ±12.3 ms)\nqueue 0  dropped 1234  errors 0';
-return { width: innerWidth, controls: ['stats', 'badge', 'players', 'audio'].map((id) => {
+document.getElementById('stats').textContent = '768x768 avc1.42C01F\n60 fps (picture still)  2500 kbit/s' +
+  ' (target 1234 of 2500)\nlatency 123 ms capture→decoded (clock ±12.3 ms)\nqueue 0  dropped 1234  errors 0';
+const quality = document.getElementById('quality');
+quality.textContent = 'Picture quality lowered for a slow connection elsewhere';
+quality.hidden = false;
+return { width: innerWidth, controls: ['stats', 'badge', 'players', 'audio', 'quality'].map((id) => {
   const r = document.getElementById(id).getBoundingClientRect();
   return [id, r.left, r.top, r.right, r.bottom];
 }) };
