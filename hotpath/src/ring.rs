@@ -2,16 +2,23 @@
 //! its own pace. Slots are allocated once; publishing copies the access unit into a slot and
 //! never waits for a reader. Each slot is a sequence lock: a reader copies the bytes out and
 //! then checks that the writer did not come round in the meantime. A reader that fell a whole
-//! ring behind skips to the newest frame, waits for the next IDR and asks the writer for one.
+//! ring behind skips to the newest frame, waits for the next IDR and asks the writer for one:
+//! at once, or, for a patient reader ([`RingReader::set_patient`]: a viewer whose link does not
+//! set the bitrate), only once [`KEYFRAME_PATIENCE`] has passed since the last IDR, so that a
+//! spectator on a weak link does not make every viewer take an IDR each time it falls behind.
 //!
 //! Everything shared is an atomic, so the ring is lock-free and safe Rust.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
+
+/// How long after the last keyframe a patient reader's request is granted: until then it
+/// waits, with its picture still, for a keyframe someone else asks for.
+pub const KEYFRAME_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Ring sizes, fixed at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +105,8 @@ struct Shared {
     published: AtomicU64,
     closed: AtomicBool,
     keyframe_wanted: AtomicBool,
+    /// A patient reader wants a keyframe ([`RingReader::set_patient`]).
+    keyframe_wanted_patient: AtomicBool,
     places: Box<[ReaderPlace]>,
     /// One past the highest reader place ever taken: the writer wakes only those.
     places_used: AtomicUsize,
@@ -155,6 +164,7 @@ impl Ring {
             published: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             keyframe_wanted: AtomicBool::new(false),
+            keyframe_wanted_patient: AtomicBool::new(false),
             places,
             places_used: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
@@ -167,7 +177,11 @@ impl Ring {
             Ring {
                 shared: shared.clone(),
             },
-            RingWriter { shared },
+            RingWriter {
+                shared,
+                patience: KEYFRAME_PATIENCE,
+                last_keyframe: None,
+            },
         )
     }
 
@@ -192,12 +206,21 @@ impl Ring {
             next: s.published.load(Ordering::Acquire),
             need_keyframe: true,
             lags: 0,
+            patient: false,
         })
     }
 
     /// Asks the writer for a keyframe (a viewer's decoder restarted).
     pub fn request_keyframe(&self) {
         self.shared.keyframe_wanted.store(true, Ordering::Release);
+    }
+
+    /// [`Ring::request_keyframe`] for a patient viewer: granted once [`KEYFRAME_PATIENCE`]
+    /// has passed since the last keyframe.
+    pub fn request_keyframe_patiently(&self) {
+        self.shared
+            .keyframe_wanted_patient
+            .store(true, Ordering::Release);
     }
 
     /// Frames published so far.
@@ -245,6 +268,10 @@ impl Ring {
 /// The one writer.
 pub struct RingWriter {
     shared: Arc<Shared>,
+    /// How long patient readers wait after a keyframe ([`KEYFRAME_PATIENCE`]).
+    patience: Duration,
+    /// When the last keyframe was published.
+    last_keyframe: Option<Instant>,
 }
 
 impl std::fmt::Debug for RingWriter {
@@ -254,9 +281,25 @@ impl std::fmt::Debug for RingWriter {
 }
 
 impl RingWriter {
-    /// Whether a reader asked for a keyframe since the last call (clears the request).
-    pub fn take_keyframe_request(&self) -> bool {
-        self.shared.keyframe_wanted.swap(false, Ordering::AcqRel)
+    /// Whether a reader asked for a keyframe since the last call (clears the request): any
+    /// reader's at once, a patient reader's once the patience has passed since the last
+    /// keyframe. A keyframe made for either serves both: every reader waiting for one gets it.
+    pub fn take_keyframe_request(&mut self) -> bool {
+        let s = &*self.shared;
+        if s.keyframe_wanted.swap(false, Ordering::AcqRel) {
+            s.keyframe_wanted_patient.store(false, Ordering::Release);
+            return true;
+        }
+        s.keyframe_wanted_patient.load(Ordering::Acquire)
+            && self
+                .last_keyframe
+                .is_none_or(|at| at.elapsed() >= self.patience)
+            && s.keyframe_wanted_patient.swap(false, Ordering::AcqRel)
+    }
+
+    /// How long patient readers wait after a keyframe (default [`KEYFRAME_PATIENCE`]).
+    pub fn set_keyframe_patience(&mut self, patience: Duration) {
+        self.patience = patience;
     }
 
     /// Asks for a keyframe again (the writer could not publish the one it made).
@@ -320,6 +363,9 @@ impl RingWriter {
         }
         slot.stamp.store(2 * seq + 2, Ordering::Release);
         s.published.store(seq + 1, Ordering::Release);
+        if keyframe {
+            self.last_keyframe = Some(Instant::now());
+        }
         self.wake_readers();
         Ok(seq)
     }
@@ -352,6 +398,8 @@ pub struct RingReader {
     need_keyframe: bool,
     /// Times this reader fell a whole ring behind.
     lags: u64,
+    /// Its lags ask for a keyframe patiently ([`RingReader::set_patient`]).
+    patient: bool,
 }
 
 impl std::fmt::Debug for RingReader {
@@ -372,16 +420,22 @@ impl RingReader {
             next,
             need_keyframe,
             lags,
+            patient,
             ..
         } = self;
         let s = &**shared;
+        let wanted = if *patient {
+            &s.keyframe_wanted_patient
+        } else {
+            &s.keyframe_wanted
+        };
         let lag = |next: &mut u64, need_keyframe: &mut bool, lags: &mut u64, published: u64| {
             // Fell behind: skip to the newest frame and ask for a keyframe to restart from.
             *next = published;
             *need_keyframe = true;
             *lags += 1;
             s.lagged.fetch_add(1, Ordering::Relaxed);
-            s.keyframe_wanted.store(true, Ordering::Release);
+            wanted.store(true, Ordering::Release);
         };
         loop {
             let published = s.published.load(Ordering::Acquire);
@@ -484,6 +538,14 @@ impl RingReader {
     pub fn lags(&self) -> u64 {
         self.lags
     }
+
+    /// Whether this reader's lags ask for a keyframe patiently: granted once
+    /// [`KEYFRAME_PATIENCE`] has passed since the last one (it skips ahead and waits, its
+    /// picture still, meanwhile). For a viewer whose link does not set the bitrate: a spectator
+    /// on a weak link would otherwise make every viewer take an IDR each time it fell behind.
+    pub fn set_patient(&mut self, patient: bool) {
+        self.patient = patient;
+    }
 }
 
 impl Drop for RingReader {
@@ -581,6 +643,61 @@ mod tests {
         let mut out = b"HEADER".to_vec();
         assert!(matches!(r.try_read(&mut out), ReadOutcome::Frame(_)));
         assert_eq!(out, b"HEADERpayload!x");
+    }
+
+    #[test]
+    fn a_patient_readers_lag_waits_for_the_patience_or_anyone_elses_keyframe() {
+        let (ring, mut w) = Ring::new(small());
+        w.set_keyframe_patience(Duration::from_millis(300));
+        let mut spectator = ring.subscribe().unwrap();
+        spectator.set_patient(true);
+        // A new reader is never kept waiting for its first keyframe.
+        assert!(w.take_keyframe_request());
+        // Taken before the writer's own instant, so never later than it.
+        let keyframe_at = Instant::now();
+        w.publish(true, 0, b"k0").unwrap();
+        assert_eq!(read(&mut spectator).unwrap().1, b"k0");
+        let mut n = 0;
+        let mut lag_behind = |w: &mut RingWriter, spectator: &mut RingReader| {
+            for _ in 0..6 {
+                n += 1;
+                w.publish(false, n, b"d").unwrap();
+            }
+            assert_eq!(read(spectator), None, "lagged and waiting for a keyframe");
+        };
+        lag_behind(&mut w, &mut spectator);
+        assert_eq!(spectator.lags(), 1);
+        // Within the patience after the last keyframe: no keyframe for it yet, and the request
+        // stays until the patience is over, then is granted once.
+        assert!(!w.take_keyframe_request());
+        while keyframe_at.elapsed() < Duration::from_millis(300) {
+            assert!(!w.take_keyframe_request(), "granted before its time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(w.take_keyframe_request());
+        assert!(!w.take_keyframe_request());
+        w.publish(true, 100, b"k100").unwrap();
+        assert_eq!(read(&mut spectator).unwrap().1, b"k100");
+
+        // A keyframe someone else asks for at once serves the patient reader too, and clears
+        // its request.
+        lag_behind(&mut w, &mut spectator);
+        ring.request_keyframe();
+        assert!(w.take_keyframe_request());
+        w.publish(true, 200, b"k200").unwrap();
+        assert_eq!(read(&mut spectator).unwrap().1, b"k200");
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!w.take_keyframe_request(), "nothing left to grant");
+
+        // An impatient reader's lag asks at once; a patient decoder restart waits like a lag.
+        spectator.set_patient(false);
+        lag_behind(&mut w, &mut spectator);
+        assert!(w.take_keyframe_request());
+        w.publish(true, 300, b"k300").unwrap();
+        ring.request_keyframe_patiently();
+        assert!(!w.take_keyframe_request());
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(w.take_keyframe_request());
     }
 
     #[test]

@@ -571,8 +571,8 @@ impl Drop for ViewerGuard<'_> {
 /// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring.
 /// Such a slow link, or a lag in the ring, lowers the encoder's bitrate when it is a player's
 /// (its clock probes show the seat of a connected player) or when no player is connected: a
-/// spectator on a weak link only skips ahead while players watch. Generic over the socket so
-/// tests can drive it.
+/// spectator on a weak link only skips ahead while players watch, and asks for its keyframes
+/// patiently ([`RingReader::set_patient`]). Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
@@ -600,6 +600,9 @@ pub async fn stream_video<S, R>(
     loop {
         buf.clear();
         buf.resize(MEDIA_HEADER_LEN, 0);
+        // A viewer whose link does not set the bitrate asks for its keyframes patiently, so
+        // that falling behind does not make every viewer take an IDR.
+        reader.set_patient(!counts(guard.seated));
         let outcome = tokio::select! {
             _ = link_checks.tick(), if probe.is_some() => {
                 if let Some(link) = probe.as_mut().and_then(LinkProbe::check)
@@ -633,7 +636,12 @@ pub async fn stream_video<S, R>(
                     if last_key_request
                         .is_none_or(|at| now.duration_since(at) >= KEYFRAME_REQUEST_INTERVAL)
                     {
-                        app.ring.request_keyframe();
+                        // Like its lags: a viewer whose link does not set the bitrate waits.
+                        if counts(guard.seated) {
+                            app.ring.request_keyframe();
+                        } else {
+                            app.ring.request_keyframe_patiently();
+                        }
                         last_key_request = Some(now);
                     }
                     continue;

@@ -388,16 +388,19 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
             format!(r#"{{"ping":2,"player":1,"seat":"{}"}}"#, player.seat),
         ),
     ];
+    let keyframes_before = value(&pod, "playpod_keyframes_total");
     let viewer =
         std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 20, say).0);
     std::thread::sleep(Duration::from_millis(9_500));
     let slow_links = value(&pod, "playpod_viewer_slow_links_total");
     let lags = value(&pod, "playpod_viewer_lags_total");
+    let keyframes = value(&pod, "playpod_keyframes_total") - keyframes_before;
     let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
     let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
     eprintln!(
         "a spectator on the slow link claiming player 1's seat, the player elsewhere: \
-         {slow_links} slow-link reports, {lags} lags, {decreases} decreases, target {:.0} kbit/s",
+         {slow_links} slow-link reports, {lags} lags, {decreases} decreases, target {:.0} kbit/s, \
+         {keyframes} keyframes",
         target / 1000.0
     );
     assert!(
@@ -406,6 +409,12 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     );
     assert_eq!(decreases, 0.0, "a spectator lowered the players' bitrate");
     assert_eq!(target, 1_500_000.0);
+    // Nor does it make every viewer take an IDR each time it falls behind: its first keyframe,
+    // then at most one each KEYFRAME_PATIENCE (3 s). Asked for at once, 8 in these 9.5 s.
+    assert!(
+        keyframes <= 5.0,
+        "{keyframes} keyframes in 9.5 s for a spectator that cannot keep up"
+    );
     let got = viewer.join().expect("the viewer thread");
     let decreases = value(&pod, "playpod_video_bitrate_decreases_total");
     let target = value(&pod, "playpod_video_bitrate_target_bits_per_second");
