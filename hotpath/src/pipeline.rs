@@ -117,9 +117,9 @@ impl FrameStage {
         settings: EncoderSettings,
         slot_bytes: usize,
     ) -> Self {
-        stats
-            .bitrate_target_bps
-            .store(u64::from(settings.bitrate_bps), Ordering::Relaxed);
+        for bps in [&stats.bitrate_target_bps, &stats.bitrate_full_bps] {
+            bps.store(u64::from(settings.bitrate_bps), Ordering::Relaxed);
+        }
         Self {
             source,
             picture: I420Frame::new(settings.width, settings.height),
@@ -189,9 +189,9 @@ impl FrameStage {
     /// ([`RateAdapt`]); `max_bps` is the configured bitrate, the ceiling. An encoder that keeps
     /// its bitrate turns this off at its first change, with a warning.
     pub fn adapt_bitrate(mut self, max_bps: u32) -> Self {
-        self.stats
-            .bitrate_target_bps
-            .store(u64::from(max_bps), Ordering::Relaxed);
+        for bps in [&self.stats.bitrate_target_bps, &self.stats.bitrate_full_bps] {
+            bps.store(u64::from(max_bps), Ordering::Relaxed);
+        }
         self.adapt = Some(RateAdapt::new(
             max_bps,
             self.writer.viewer_troubles(),

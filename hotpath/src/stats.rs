@@ -105,6 +105,8 @@ pub struct PipelineStats {
     pub bytes_encoded: AtomicU64,
     /// The encoder's target bitrate now, bits per second (lowered while viewers lag).
     pub bitrate_target_bps: AtomicU64,
+    /// The bitrate set (`--bitrate-kbps`), bits per second: the target's ceiling.
+    pub bitrate_full_bps: AtomicU64,
     /// Times the target was lowered because viewers lagged.
     pub bitrate_decreases: AtomicU64,
     /// Frame ready (tick) -> access unit in the ring.
@@ -131,6 +133,7 @@ impl Default for PipelineStats {
             keyframe_requests: AtomicU64::new(0),
             bytes_encoded: AtomicU64::new(0),
             bitrate_target_bps: AtomicU64::new(0),
+            bitrate_full_bps: AtomicU64::new(0),
             bitrate_decreases: AtomicU64::new(0),
             ready_to_ring: Histogram::default(),
             encode_time: Histogram::default(),

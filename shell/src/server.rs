@@ -203,8 +203,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The frame thread's counters (the bitrate target on /readyz).
     pub video: Arc<playpod_hotpath::stats::PipelineStats>,
-    /// The bitrate set (`--bitrate-kbps`), bits a second: the target's ceiling.
-    pub full_bitrate_bps: u32,
     /// The player slots behind `/input/1` and `/input/2`.
     pub input: Arc<crate::input::Players>,
     /// The game's sound, when audio is on (`WS .../audio`).
@@ -235,7 +233,7 @@ impl AppState {
     /// forgotten once it is [`SLOW_LINK_MEMORY`] old and the target is back at full.
     fn stream_fit(&self, troubled_at: &mut Option<tokio::time::Instant>) -> StreamFit {
         let target = self.video.bitrate_target_bps.load(Ordering::Relaxed);
-        let full = u64::from(self.full_bitrate_bps);
+        let full = self.video.bitrate_full_bps.load(Ordering::Relaxed);
         if target >= full && troubled_at.is_some_and(|at| at.elapsed() >= SLOW_LINK_MEMORY) {
             *troubled_at = None;
         }
@@ -462,24 +460,20 @@ fn probe_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>
 /// How the stream fits a viewer's link, told with each clock answer so that its page can say
 /// why the picture got worse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StreamFit {
+struct StreamFit {
     /// The encoder's target bitrate now, kbit/s.
-    pub bitrate_kbps: u64,
+    bitrate_kbps: u64,
     /// The bitrate set (`--bitrate-kbps`), kbit/s: the target's ceiling.
-    pub full_kbps: u64,
+    full_kbps: u64,
     /// This viewer's own link showed a queue or fell behind within [`SLOW_LINK_MEMORY`], or
     /// since the target was last at the full bitrate (its link may be why it is not).
-    pub slow_link: bool,
+    slow_link: bool,
 }
 
 /// The answer to a clock probe `{"ping":T}` (T: the player's clock, any finite number):
 /// `{"pong":T,"serverUs":NOW,"bitrateKbps":B,"fullKbps":F,"slowLink":S}` with our time in µs
 /// since the Unix epoch (the clock of the capture times) and how the stream fits the viewer's
 /// link. Anything else gets no answer.
-pub fn pong_reply(text: &str, now_us: u64, fit: StreamFit) -> Option<String> {
-    pong_for(&probe_object(text)?, now_us, fit)
-}
-
 fn pong_for(
     msg: &serde_json::Map<String, serde_json::Value>,
     now_us: u64,
@@ -504,17 +498,13 @@ fn pong_for(
 /// connection (see [`crate::input::Players::seated`]): the pod checks it, so a spectator's page
 /// cannot pass for a player's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
+enum Role {
     Spectator,
     Player { player: u8, seat: String },
 }
 
-/// The role a viewer's message claims; `None` when it says nothing of it. Any `player` but 1
+/// The role a viewer's probe claims; `None` when it says nothing of it. Any `player` but 1
 /// or 2 is a spectator's; a player without a seat has an empty one, which no slot holds.
-pub fn claimed_role(text: &str) -> Option<Role> {
-    role_in(&probe_object(text)?)
-}
-
 fn role_in(msg: &serde_json::Map<String, serde_json::Value>) -> Option<Role> {
     let player = msg.get("player")?;
     Some(match player.as_u64() {
@@ -760,6 +750,16 @@ mod tests {
             [1, 1, 0, 0, 2, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1],
             "kind, flags, reserved, u32 seq (wrapping), u64 capture time, little-endian"
         );
+    }
+
+    /// A viewer's text as [`stream_video`] answers it.
+    fn pong_reply(text: &str, now_us: u64, fit: StreamFit) -> Option<String> {
+        pong_for(&probe_object(text)?, now_us, fit)
+    }
+
+    /// The role a viewer's text claims, as [`stream_video`] reads it.
+    fn claimed_role(text: &str) -> Option<Role> {
+        role_in(&probe_object(text)?)
     }
 
     #[test]

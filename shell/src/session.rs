@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use playpod_ffi::cuda::ChromaLayout;
-use playpod_hotpath::audio::{AudioPipeline, FollowVideo};
+use playpod_hotpath::audio::AudioPipeline;
 use playpod_hotpath::capture::FrameSource;
 use playpod_hotpath::damage::ScreenChanges;
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
@@ -222,10 +222,7 @@ impl Session {
             audio
         };
         // The audio gives up the share of its bitrate a slow link takes from the video.
-        let follow = (!args.fixed_bitrate).then(|| FollowVideo {
-            stats: stats.clone(),
-            max_bps: settings.bitrate_bps,
-        });
+        let follow = (!args.fixed_bitrate).then(|| stats.clone());
         let (audio_threads, audio_feed) = match crate::audio::start(
             audio,
             args.audio.audio_bitrate_kbps,
@@ -249,7 +246,6 @@ impl Session {
             health,
             metrics,
             video: stats,
-            full_bitrate_bps: settings.bitrate_bps,
             input: players,
             audio: audio_feed,
         });

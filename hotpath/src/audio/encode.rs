@@ -35,15 +35,6 @@ impl Default for OpusSettings {
 /// stay in step for the next sound.
 pub const SILENCE_TAIL_FRAMES: u32 = 3;
 
-/// The video's bitrate target, for the audio to follow ([`OpusStage::follow_video`]).
-#[derive(Debug, Clone)]
-pub struct FollowVideo {
-    /// The frame thread's counters: `bitrate_target_bps` is the video's target now.
-    pub stats: Arc<PipelineStats>,
-    /// The video's full bitrate (`--bitrate-kbps`).
-    pub max_bps: u32,
-}
-
 /// The least the audio goes down to while it follows the video: game sound stays clear in
 /// Opus stereo at this rate.
 pub const FOLLOW_FLOOR_BPS: u32 = 32_000;
@@ -51,11 +42,11 @@ pub const FOLLOW_FLOOR_BPS: u32 = 32_000;
 /// The audio's bitrate while the video's target is `video_bps` of its full `video_max_bps`: the
 /// same share of `full_bps`, in whole kbit/s, no lower than [`FOLLOW_FLOOR_BPS`] (nor above
 /// `full_bps`). A target of 0 (not set) or at the full bitrate leaves the audio at `full_bps`.
-pub fn following_bitrate(full_bps: u32, video_bps: u64, video_max_bps: u32) -> u32 {
-    if video_bps == 0 || video_bps >= u64::from(video_max_bps) {
+pub fn following_bitrate(full_bps: u32, video_bps: u64, video_max_bps: u64) -> u32 {
+    if video_bps == 0 || video_bps >= video_max_bps {
         return full_bps;
     }
-    let share = u64::from(full_bps) * video_bps / u64::from(video_max_bps) / 1000 * 1000;
+    let share = u64::from(full_bps) * video_bps / video_max_bps / 1000 * 1000;
     u32::try_from(share)
         .unwrap_or(full_bps)
         .max(FOLLOW_FLOOR_BPS.min(full_bps))
@@ -91,7 +82,8 @@ pub struct OpusStage {
     /// The bitrate set (`--audio-bitrate-kbps`), and the one the encoder has now.
     full_bps: u32,
     bitrate_bps: u32,
-    follow: Option<FollowVideo>,
+    /// The frame thread's counters, whose bitrate target the audio follows.
+    follow: Option<Arc<PipelineStats>>,
 }
 
 impl std::fmt::Debug for OpusStage {
@@ -108,7 +100,7 @@ pub fn new_encoder(settings: OpusSettings) -> Result<opus::Encoder, AudioEncodeE
         opus::Channels::Mono
     };
     let mut encoder = opus::Encoder::new(SAMPLE_RATE, channels, opus::Application::LowDelay)?;
-    set_bitrate(&mut encoder, opus_bitrate(settings.bitrate_bps))?;
+    set_bitrate(&mut encoder, settings.bitrate_bps)?;
     // Constant packet timing for the listeners' jitter buffers; VBR keeps quality where it counts.
     encoder.set_vbr(true)?;
     Ok(encoder)
@@ -148,19 +140,23 @@ impl OpusStage {
         })
     }
 
-    /// Follows the video's bitrate target from now on: while a slow link holds the video below
-    /// its full bitrate, the audio gives up the same share ([`following_bitrate`]); checked
-    /// before each frame (two relaxed loads; the encoder is only told of a change).
-    pub fn follow_video(&mut self, follow: FollowVideo) {
-        self.follow = Some(follow);
+    /// Follows the bitrate target of the video whose frame thread counts in `video` from now
+    /// on: while a slow link holds the video below its full bitrate, the audio gives up the
+    /// same share ([`following_bitrate`]); checked before each frame (two relaxed loads; the
+    /// encoder is only told of a change).
+    pub fn follow_video(&mut self, video: Arc<PipelineStats>) {
+        self.follow = Some(video);
     }
 
     fn follow_the_video(&mut self) -> Result<(), AudioEncodeError> {
-        let Some(follow) = &self.follow else {
+        let Some(video) = &self.follow else {
             return Ok(());
         };
-        let video_bps = follow.stats.bitrate_target_bps.load(Ordering::Relaxed);
-        let want = following_bitrate(self.full_bps, video_bps, follow.max_bps);
+        let want = following_bitrate(
+            self.full_bps,
+            video.bitrate_target_bps.load(Ordering::Relaxed),
+            video.bitrate_full_bps.load(Ordering::Relaxed),
+        );
         if want != self.bitrate_bps {
             set_bitrate(&mut self.encoder, want)?;
             self.bitrate_bps = want;
@@ -411,11 +407,9 @@ mod tests {
         let video = Arc::new(PipelineStats::default());
         let max_bps = 2_000_000;
         video.bitrate_target_bps.store(max_bps, Ordering::Relaxed);
+        video.bitrate_full_bps.store(max_bps, Ordering::Relaxed);
         let mut stage = OpusStage::new(writer, stats.clone(), OpusSettings::default()).unwrap();
-        stage.follow_video(FollowVideo {
-            stats: video.clone(),
-            max_bps: max_bps as u32,
-        });
+        stage.follow_video(video.clone());
         let mut reader = ring.subscribe().unwrap();
         // Loud noise: the encoder spends what it is allowed.
         let mut seed = 0x2545_f491_u32;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use crate::stats::{Histogram, SampleWindow};
 
 pub use clock::{Backoff, CaptureClock};
-pub use encode::{FollowVideo, OpusSettings, OpusStage};
+pub use encode::{OpusSettings, OpusStage};
 pub use pipeline::{AudioConfig, AudioPipeline, PcmConnector, PcmSource, SourceError};
 pub use pulse::{PulseConnector, PulsePlayer, PulseRecorder};
 

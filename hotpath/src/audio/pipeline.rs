@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::pipeline::unix_micros;
 use crate::ring::{Ring, RingConfig};
-use crate::stats::bump;
+use crate::stats::{PipelineStats, bump};
 
 use super::clock::{Backoff, CaptureClock};
-use super::encode::{AudioEncodeError, FollowVideo, OpusSettings, OpusStage};
+use super::encode::{AudioEncodeError, OpusSettings, OpusStage};
 use super::{AudioState, AudioStats, FRAME_BYTES, FRAME_SAMPLES, FRAME_US, PcmFrame, SAMPLE_RATE};
 
 /// Why the sound server could not be used; the capture thread logs it and retries.
@@ -81,11 +81,12 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl AudioPipeline {
     /// Starts both threads. The Opus encoder is made here, so a bad setting fails at once.
-    /// With `follow`, the audio's bitrate follows the video's ([`OpusStage::follow_video`]).
+    /// With `follow`, the frame thread's counters, the audio's bitrate follows the video's
+    /// ([`OpusStage::follow_video`]).
     pub fn spawn(
         connector: Box<dyn PcmConnector>,
         config: AudioConfig,
-        follow: Option<FollowVideo>,
+        follow: Option<Arc<PipelineStats>>,
     ) -> Result<(Self, Ring, Arc<AudioStats>), AudioEncodeError> {
         let (ring, writer) = Ring::new(config.ring);
         let stats = Arc::new(AudioStats::new(AudioState::Down));

@@ -7,10 +7,10 @@ pub mod ws;
 use std::sync::Arc;
 
 use playpod_hotpath::audio::{
-    AudioConfig, AudioPipeline, AudioState, AudioStats, FollowVideo, OpusSettings, PulseConnector,
-    valid_name,
+    AudioConfig, AudioPipeline, AudioState, AudioStats, OpusSettings, PulseConnector, valid_name,
 };
 use playpod_hotpath::ring::Ring;
+use playpod_hotpath::stats::PipelineStats;
 
 /// Where the session's sound comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +36,13 @@ pub fn state(feed: Option<&AudioFeed>) -> AudioState {
 /// Starts recording and encoding; `Ok(None)` when audio is off. The threads reconnect by
 /// themselves, so a sound server that is not (yet) there is not an error: the state is "down".
 /// With `skip_silence`, digital silence is neither encoded nor sent after its first frames.
-/// With `follow`, the audio gives up the share of its bitrate that a slow link takes from the
-/// video's.
+/// With `follow` (the frame thread's counters), the audio gives up the share of its bitrate
+/// that a slow link takes from the video's.
 pub fn start(
     source: &AudioSource,
     bitrate_kbps: u32,
     skip_silence: bool,
-    follow: Option<FollowVideo>,
+    follow: Option<Arc<PipelineStats>>,
 ) -> anyhow::Result<Option<(AudioPipeline, AudioFeed)>> {
     let AudioSource::Pulse { server, source } = source else {
         tracing::info!("audio: off");
