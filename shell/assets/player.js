@@ -284,6 +284,7 @@
         newDecoder(config, socket);
         stats.connected = true;
         showMessage('');
+        window.dispatchEvent(new Event('playpod-connected'));
         return;
       }
       if (!decoder || decoder.state !== 'configured') return;
@@ -380,6 +381,60 @@
       `queue ${stats.decodeQueue}  ` +
       `dropped ${stats.droppedFrames}  errors ${stats.decodeErrors}`;
   }
+
+  // Full screen: the button beside the sound button, or a double click on the picture. The
+  // whole page goes, so the touch pad and the figures come along. Hidden where the browser
+  // cannot (an iPhone's Safari).
+  const fullEl = document.getElementById('full');
+  stats.fullScreen = false;
+  if (document.fullscreenEnabled && typeof document.documentElement.requestFullscreen === 'function') {
+    const toggleFull = async () => {
+      try {
+        if (document.fullscreenElement) await document.exitFullscreen();
+        else await document.documentElement.requestFullscreen({ navigationUI: 'hide' });
+      } catch (e) {
+        console.warn('full screen refused', e);
+      }
+    };
+    const renderFull = () => {
+      stats.fullScreen = document.fullscreenElement !== null;
+      fullEl.textContent = stats.fullScreen ? 'exit full screen' : 'full screen';
+    };
+    fullEl.addEventListener('click', toggleFull);
+    canvas.addEventListener('dblclick', toggleFull);
+    document.addEventListener('fullscreenchange', renderFull);
+    renderFull();
+    fullEl.hidden = false;
+  }
+
+  // The screen stays on while the game is shown, as it does for a <video> but not for a canvas:
+  // a spectator, or a player on a gamepad, touches nothing for minutes. The browser lets the
+  // lock go whenever the page is hidden; it is taken again when the page is back, and let go
+  // for good when the session ends.
+  let wakeLock = null;
+  let asking = false;
+  stats.wakeLock = 'wakeLock' in navigator ? 'none' : 'unsupported';
+  async function keepScreenOn() {
+    if (stats.wakeLock === 'unsupported' || wakeLock || asking || document.hidden ||
+        !stats.connected || window.playpodEnded) return;
+    asking = true;
+    try {
+      const lock = await navigator.wakeLock.request('screen');
+      wakeLock = lock;
+      stats.wakeLock = 'held';
+      lock.addEventListener('release', () => {
+        if (wakeLock === lock) wakeLock = null;
+        stats.wakeLock = 'released';
+      });
+    } catch (e) {
+      stats.wakeLock = `refused (${e.name})`;
+    } finally {
+      asking = false;
+    }
+  }
+  window.addEventListener('playpod-connected', keepScreenOn);
+  document.addEventListener('visibilitychange', keepScreenOn);
+  window.addEventListener('playpod-ended', () => { if (wakeLock) wakeLock.release(); });
 
   showMessage('Connecting…');
   connect();

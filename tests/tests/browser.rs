@@ -207,6 +207,7 @@ async fn check_player(client: &Client, served: &Served) {
         "the status region while playing"
     );
     check_overlay(client).await;
+    check_full_screen(client).await;
 
     // (d) a wrong token is a 404, in the browser and on the wire, like an unknown path.
     let token = served
@@ -300,6 +301,94 @@ where
         std::panic::resume_unwind(panic);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// What the full-screen button says and whether the page is shown full screen.
+const READ_FULL_SCREEN: &str = r"
+const b = document.getElementById('full');
+return { button: b.hidden ? null : b.textContent, full: document.fullscreenElement !== null,
+         stats: window.playpodStats.fullScreen, wakeLock: window.playpodStats.wakeLock };
+";
+
+/// The page goes full screen with its button or a double click on the picture, and back with
+/// the button; while the game is shown, it holds the screen on.
+async fn check_full_screen(client: &Client) {
+    let full_is = |want: bool| {
+        let condition =
+            format!("s.fullScreen === {want} && (document.fullscreenElement !== null) === {want}");
+        async move { poll_page(client, &condition, 5).await }
+    };
+    let before = client
+        .execute(READ_FULL_SCREEN, vec![])
+        .await
+        .expect("read the full-screen button");
+    eprintln!("before full screen: {before}");
+    assert_eq!(
+        before,
+        json!({ "button": "full screen", "full": false, "stats": false, "wakeLock": "held" }),
+        "the page offers full screen and holds the screen on while the game is shown"
+    );
+    let button = client
+        .find(fantoccini::Locator::Id("full"))
+        .await
+        .expect("the full-screen button");
+    button.click().await.expect("click full screen");
+    assert_eq!(
+        full_is(true).await["met"],
+        json!(true),
+        "the button did not go full screen"
+    );
+    let full = client
+        .execute(READ_FULL_SCREEN, vec![])
+        .await
+        .expect("read the full-screen button");
+    assert_eq!(full["button"], json!("exit full screen"), "{full}");
+    button.click().await.expect("click exit full screen");
+    assert_eq!(
+        full_is(false).await["met"],
+        json!(true),
+        "the button did not leave full screen"
+    );
+    // A double click on the picture, where a video player takes it.
+    let canvas = client
+        .find(fantoccini::Locator::Id("screen"))
+        .await
+        .expect("the canvas");
+    client
+        .perform_actions(
+            fantoccini::actions::MouseActions::new("mouse".to_owned())
+                .then(fantoccini::actions::PointerAction::MoveToElement {
+                    element: canvas,
+                    duration: None,
+                    x: 0.0,
+                    y: 0.0,
+                })
+                .then(fantoccini::actions::PointerAction::Down {
+                    button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+                })
+                .then(fantoccini::actions::PointerAction::Up {
+                    button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+                })
+                .then(fantoccini::actions::PointerAction::Down {
+                    button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+                })
+                .then(fantoccini::actions::PointerAction::Up {
+                    button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+                }),
+        )
+        .await
+        .expect("double click the picture");
+    assert_eq!(
+        full_is(true).await["met"],
+        json!(true),
+        "a double click did not go full screen"
+    );
+    button.click().await.expect("click exit full screen");
+    assert_eq!(
+        full_is(false).await["met"],
+        json!(true),
+        "the button did not leave full screen"
+    );
 }
 
 /// The overlay shows fps, bitrate, latency and dropped frames, and the clock probe found this
@@ -628,7 +717,7 @@ return [...pad.querySelectorAll('[data-pad]')].map((e) => {
 ";
 
 /// The page's width and its other controls (the overlay, the badge, the player choice, the
-/// sound button, the notice of a lowered picture quality), as `[id, left, top, right, bottom]`;
+/// sound and full-screen buttons, the notice of a lowered picture quality), as `[id, left, top, right, bottom]`;
 /// the overlay and the notice with their longest texts first (a still picture, a long latency
 /// line, a lowered target: their lines wrap on a phone).
 const CONTROLS: &str = r"
@@ -637,7 +726,7 @@ document.getElementById('stats').textContent = '768x768 avc1.42C01F\n60 fps (pic
 const quality = document.getElementById('quality');
 quality.textContent = 'Picture quality lowered for a slow connection elsewhere';
 quality.hidden = false;
-return { width: innerWidth, controls: ['stats', 'badge', 'players', 'audio', 'quality'].map((id) => {
+return { width: innerWidth, controls: ['stats', 'badge', 'players', 'audio', 'full', 'quality'].map((id) => {
   const r = document.getElementById(id).getBoundingClientRect();
   return [id, r.left, r.top, r.right, r.bottom];
 }) };
@@ -816,8 +905,10 @@ async fn check_audio(client: &Client, served: &Served) {
         (0.0..=250.0).contains(&buffered),
         "jitter buffer at {buffered} ms: {played}"
     );
+    // ~200 in 2 s on an idle machine; the bound is the one before the click (under load the
+    // page decodes late, not never: one run decoded 145 of the 205 packets it got in 2 s).
     assert!(
-        int(after, "decoded") - int(before, "decoded") > 150,
+        int(after, "decoded") - int(before, "decoded") > 50,
         "decoding went on while playing: {played}"
     );
     assert_eq!(
@@ -1327,6 +1418,12 @@ async fn chromium_says_when_the_game_has_ended() {
             assert_eq!(seen["at"], seen["after"], "a socket reconnected: {seen}");
             assert_eq!(seen["videoConnected"], false, "{seen}");
             assert_eq!(seen["inputConnected"], false, "{seen}");
+            let lock = poll_page(client, "s.wakeLock === 'released'", 5).await;
+            assert_eq!(
+                lock["met"],
+                json!(true),
+                "the screen is still held on after the end: {lock}"
+            );
         }
         .boxed()
     })
@@ -1799,6 +1896,16 @@ async fn check_background_tab(client: &Client, served: &Served) {
     eprintln!("3 s in the background: {hidden}");
     assert_eq!(hidden["hidden"], json!(true), "{hidden}");
     assert_eq!(
+        before["wakeLock"],
+        json!("held"),
+        "the screen is not held on in front: {before}"
+    );
+    assert_eq!(
+        hidden["stats"]["wakeLock"],
+        json!("released"),
+        "the hidden page kept the screen on: {hidden}"
+    );
+    assert_eq!(
         hidden["input"]["lastSent"],
         json!(0),
         "a key stayed held: {hidden}"
@@ -1833,6 +1940,12 @@ async fn check_background_tab(client: &Client, served: &Served) {
         back["met"],
         json!(true),
         "the page did not draw again: {back}"
+    );
+    let held = poll_page(client, "s.wakeLock === 'held'", 5).await;
+    assert_eq!(
+        held["met"],
+        json!(true),
+        "back in front, the screen is not held on again: {held}"
     );
 }
 
