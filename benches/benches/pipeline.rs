@@ -2,8 +2,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use playpod_benches::{plasma_frames, plasma_pictures};
-use playpod_hotpath::convert::{BgrxFrame, I420Frame, bgrx_to_i420, bgrx_to_i420_scalar};
+use playpod_hotpath::convert::{
+    BgrxFrame, I420Frame, bgrx_to_i420, bgrx_to_i420_scalar, half_size, halve_i420,
+};
 use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, Picture, VideoEncoder};
+use playpod_hotpath::rendition::low_settings;
 use playpod_hotpath::ring::{ReadOutcome, Ring, RingConfig};
 
 const W: u16 = 768;
@@ -67,6 +70,47 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the low rendition adds to a frame while someone watches it: halving the 768x768
+/// picture, and encoding the 384x384 half at a quarter of the bitrate.
+fn low_rendition(c: &mut Criterion) {
+    let main = EncoderSettings {
+        width: u32::from(W),
+        height: u32::from(H),
+        fps: 60,
+        bitrate_bps: 2_500_000,
+    };
+    let settings = low_settings(main).unwrap();
+    let pictures = plasma_pictures(W, H, 120);
+    let (hw, hh) = half_size(main.width, main.height);
+    let halves: Vec<I420Frame> = pictures
+        .iter()
+        .map(|p| {
+            let mut half = I420Frame::new(hw, hh);
+            halve_i420(p, &mut half).unwrap();
+            half
+        })
+        .collect();
+    let mut half = I420Frame::new(hw, hh);
+    let mut encoder = Openh264Encoder::new(settings).unwrap();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut n = 0;
+    let mut g = c.benchmark_group("low_rendition_768_plasma");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("halve_to_384", |b| {
+        b.iter(|| halve_i420(&pictures[0], &mut half).unwrap())
+    });
+    g.bench_function("encode_384_p_frame_625k", |b| {
+        b.iter(|| {
+            out.clear();
+            encoder
+                .encode(Picture::Host(&halves[n % halves.len()]), false, &mut out)
+                .unwrap();
+            n += 1;
+        })
+    });
+    g.finish();
+}
+
 /// What a tick on which something was drawn but nothing changed costs beyond the conversion:
 /// comparing the picture with the last one encoded (equal: the whole picture is read).
 fn unchanged_check(c: &mut Criterion) {
@@ -98,5 +142,12 @@ fn ring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, convert, encode, unchanged_check, ring);
+criterion_group!(
+    benches,
+    convert,
+    encode,
+    low_rendition,
+    unchanged_check,
+    ring
+);
 criterion_main!(benches);

@@ -19,6 +19,7 @@ pub mod h264;
 pub mod input;
 pub mod pipeline;
 pub mod rate;
+pub mod rendition;
 pub mod ring;
 pub mod stats;
 pub mod xwd;

@@ -15,6 +15,7 @@ use crate::damage::ScreenChanges;
 use crate::encode::{EncodeError, EncoderSettings, InputKind, Picture, VideoEncoder};
 use crate::gpu::{GpuConverter, GpuStageError};
 use crate::rate::RateAdapt;
+use crate::rendition::LowRendition;
 use crate::ring::{PublishError, Ring, RingConfig, RingWriter};
 use crate::stats::{PipelineStats, bump};
 
@@ -94,6 +95,7 @@ pub struct FrameStage {
     adapt: Option<RateAdapt>,
     // After the encoder: an encoder's registration of the device picture goes first.
     gpu: Option<GpuConverter>,
+    low: Option<LowRendition>,
     out: Vec<u8>,
     writer: RingWriter,
     stats: Arc<PipelineStats>,
@@ -128,6 +130,7 @@ impl FrameStage {
             encoder,
             adapt: None,
             gpu: None,
+            low: None,
             // Twice a slot: an access unit too large for the ring is still encoded whole,
             // then refused by the ring, without the buffer growing.
             out: Vec::with_capacity(slot_bytes * 2),
@@ -200,9 +203,24 @@ impl FrameStage {
         self
     }
 
-    /// Whether anyone is reading the ring.
+    /// Also makes the low rendition ([`crate::rendition`]) of each frame, while someone reads
+    /// it. Only for an encoder that takes host pictures: otherwise `low` is dropped, with a
+    /// warning.
+    pub fn with_low_rendition(mut self, low: LowRendition) -> Self {
+        if self.host_input() {
+            self.low = Some(low);
+        } else {
+            tracing::warn!(
+                encoder = self.encoder.name(),
+                "no low rendition: the encoder does not take pictures from host memory"
+            );
+        }
+        self
+    }
+
+    /// Whether anyone is reading the ring, or the low rendition's.
     pub fn has_readers(&self) -> bool {
-        self.writer.readers() > 0
+        self.writer.readers() > 0 || self.low.as_ref().is_some_and(LowRendition::has_readers)
     }
 
     /// Makes one frame, whatever is on the screen. `ready` is when the frame was due;
@@ -237,12 +255,14 @@ impl FrameStage {
         let drawn = self.changes.as_ref().is_none_or(ScreenChanges::take);
         if !due && !drawn {
             bump(&self.stats.frames_unchanged, 1);
+            self.low_unchanged(ready, capture_us)?;
             return Ok(None);
         }
         self.capture()?;
         let same = self.same_as_encoded(drawn);
         if same && !due {
             bump(&self.stats.frames_unchanged, 1);
+            self.low_unchanged(ready, capture_us)?;
             return Ok(None);
         }
         self.encode_and_publish(ready, capture_us, want_key, same)
@@ -291,38 +311,32 @@ impl FrameStage {
         }
     }
 
-    /// Bitrate adaptation's step for this frame: a new target when viewers lag or have been
-    /// calm for a while.
-    fn follow_viewers(&mut self, now: Instant) {
-        let Some(adapt) = &mut self.adapt else {
-            return;
+    /// The low rendition's tick after a main frame: `swapped` when the picture just encoded
+    /// went to the skipping state's `previous`.
+    fn low_after(
+        &mut self,
+        swapped: bool,
+        ready: Instant,
+        capture_us: u64,
+    ) -> Result<(), PipelineError> {
+        let Some(low) = &mut self.low else {
+            return Ok(());
         };
-        let before = adapt.current_bps();
-        let link = self.writer.trouble_rate();
-        let Some(bps) = adapt.update(now, self.writer.viewer_troubles(), link) else {
-            return;
+        let picture = match (&self.skip, swapped) {
+            (Some(skip), true) => &skip.previous,
+            _ => &self.picture,
         };
-        if bps < before {
-            self.writer.clear_trouble_rate();
-        }
-        match self.encoder.set_bitrate(bps) {
-            Ok(()) => {
-                self.stats
-                    .bitrate_target_bps
-                    .store(u64::from(bps), Ordering::Relaxed);
-                if bps < before {
-                    bump(&self.stats.bitrate_decreases, 1);
-                }
+        low.tick(picture, true, ready, capture_us)
+    }
+
+    /// The low rendition's tick when the main stream made no frame: only a keyframe its
+    /// viewers want, of the picture last encoded.
+    fn low_unchanged(&mut self, ready: Instant, capture_us: u64) -> Result<(), PipelineError> {
+        match (&mut self.low, &self.skip) {
+            (Some(low), Some(skip)) if skip.have_previous => {
+                low.tick(&skip.previous, false, ready, capture_us)
             }
-            Err(err) => {
-                tracing::warn!(
-                    encoder = self.encoder.name(),
-                    %err,
-                    kept_bps = before,
-                    "bitrate adaptation is off: the encoder did not take a new bitrate"
-                );
-                self.adapt = None;
-            }
+            _ => Ok(()),
         }
     }
 
@@ -333,7 +347,13 @@ impl FrameStage {
         want_key: bool,
         same: bool,
     ) -> Result<FrameReport, PipelineError> {
-        self.follow_viewers(ready);
+        follow_viewers(
+            &mut self.adapt,
+            &self.writer,
+            &mut *self.encoder,
+            &self.stats,
+            ready,
+        );
         let host = self.host_input();
         let stats = &*self.stats;
         let encode_start = Instant::now();
@@ -355,6 +375,7 @@ impl FrameStage {
             if want_key {
                 self.writer.request_keyframe();
             }
+            self.low_after(false, ready, capture_us)?;
             return Ok(FrameReport {
                 keyframe: false,
                 bytes: 0,
@@ -366,6 +387,7 @@ impl FrameStage {
         if encoded.keyframe {
             bump(&stats.keyframes, 1);
         }
+        let mut swapped = false;
         if let Some(skip) = &mut self.skip {
             skip.since_encoded = 0;
             if !same || encoded.keyframe {
@@ -376,6 +398,7 @@ impl FrameStage {
             if host {
                 std::mem::swap(&mut skip.previous, &mut self.picture);
                 skip.have_previous = true;
+                swapped = true;
             }
         }
         let seq = match self.writer.publish(encoded.keyframe, capture_us, &self.out) {
@@ -394,11 +417,55 @@ impl FrameStage {
                 None
             }
         };
+        // After the main frame is in its ring: its viewers do not wait for this one.
+        self.low_after(swapped, ready, capture_us)?;
         Ok(FrameReport {
             keyframe: encoded.keyframe,
             bytes: encoded.len,
             seq,
         })
+    }
+}
+
+/// Bitrate adaptation's step for a frame of the stream `writer` publishes: a new target for
+/// `encoder` when its viewers lag or have been calm for a while. An encoder that keeps its
+/// bitrate turns adaptation off (`adapt` becomes `None`), with a warning.
+pub(crate) fn follow_viewers(
+    adapt: &mut Option<RateAdapt>,
+    writer: &RingWriter,
+    encoder: &mut dyn VideoEncoder,
+    stats: &PipelineStats,
+    now: Instant,
+) {
+    let Some(rate) = adapt else {
+        return;
+    };
+    let before = rate.current_bps();
+    let link = writer.trouble_rate();
+    let Some(bps) = rate.update(now, writer.viewer_troubles(), link) else {
+        return;
+    };
+    if bps < before {
+        writer.clear_trouble_rate();
+    }
+    match encoder.set_bitrate(bps) {
+        Ok(()) => {
+            stats
+                .bitrate_target_bps
+                .store(u64::from(bps), Ordering::Relaxed);
+            if bps < before {
+                bump(&stats.bitrate_decreases, 1);
+            }
+        }
+        Err(err) => {
+            tracing::warn!(
+                encoder = encoder.name(),
+                %err,
+                kept_bps = before,
+                "bitrate adaptation is off: the encoder did not take a new bitrate"
+            );
+            *adapt = None;
+        }
     }
 }
 
@@ -574,13 +641,15 @@ mod tests {
         refresh_ticks: 10,
     };
 
+    const SETTINGS: EncoderSettings = EncoderSettings {
+        width: W,
+        height: H,
+        fps: 60,
+        bitrate_bps: 300_000,
+    };
+
     fn rig(changes: Option<ScreenChanges>) -> Rig {
-        let settings = EncoderSettings {
-            width: W,
-            height: H,
-            fps: 60,
-            bitrate_bps: 300_000,
-        };
+        let settings = SETTINGS;
         let level = Arc::new(AtomicU8::new(10));
         let grabs = Arc::new(AtomicU64::new(0));
         let screen = Screen {
@@ -623,6 +692,90 @@ mod tests {
 
     fn count(made: &[bool]) -> usize {
         made.iter().filter(|m| **m).count()
+    }
+
+    /// Reads every frame waiting in `reader`; their keyframe flags and the first keyframe.
+    fn drain(reader: &mut crate::ring::RingReader) -> (Vec<bool>, Option<Vec<u8>>) {
+        let (mut keys, mut first_key) = (Vec::new(), None);
+        let mut out = Vec::new();
+        loop {
+            out.clear();
+            match reader.try_read(&mut out) {
+                ReadOutcome::Frame(meta) => {
+                    keys.push(meta.keyframe);
+                    if meta.keyframe && first_key.is_none() {
+                        first_key = Some(out.clone());
+                    }
+                }
+                _ => return (keys, first_key),
+            }
+        }
+    }
+
+    #[test]
+    fn the_low_rendition_is_made_while_read_with_keyframes_of_its_own() {
+        use crate::rendition::{LowRendition, low_settings};
+        use openh264::formats::YUVSource as _;
+        let low_settings = low_settings(SETTINGS).expect("64x48 has a low rendition");
+        assert_eq!((low_settings.width, low_settings.height), (32, 24));
+        assert_eq!(low_settings.bitrate_bps, 75_000);
+        let (low, low_ring, low_stats) = LowRendition::with_ring(
+            Box::new(Openh264Encoder::new(low_settings).unwrap()),
+            low_settings,
+            false,
+        );
+        let mut r = rig(None);
+        r.stage = r.stage.with_low_rendition(low);
+        let encoded = |stats: &PipelineStats| stats.frames_encoded.load(Ordering::Relaxed);
+        let keys = |stats: &PipelineStats| stats.keyframes.load(Ordering::Relaxed);
+
+        // Nobody reads it: the frame thread idles, and then makes main frames only.
+        assert!(!r.stage.has_readers());
+        let mut main = r.ring.subscribe().unwrap();
+        r.ticks(20);
+        assert_eq!(encoded(&low_stats), 0);
+        let main_keys = keys(&r.stats);
+        let main_frames = encoded(&r.stats);
+        drain(&mut main);
+
+        // A low viewer on an unchanged screen: one keyframe of the low rendition at once,
+        // and none of the main stream.
+        let mut viewer = low_ring.subscribe().unwrap();
+        assert!(r.ticks(1) == [false], "no main frame");
+        assert_eq!((encoded(&low_stats), keys(&low_stats)), (1, 1));
+        assert_eq!(keys(&r.stats), main_keys, "the main stream took an IDR");
+        let (flags, key) = drain(&mut viewer);
+        assert_eq!(flags, [true]);
+        let mut decoder = openh264::decoder::Decoder::new().unwrap();
+        let picture = decoder
+            .decode(&key.unwrap())
+            .unwrap()
+            .expect("the low keyframe decodes to a picture");
+        assert_eq!(picture.dimensions(), (32, 24));
+        // Grey level 10 is Y 25 (BT.601, limited range); lossy, so near it.
+        let (y, stride) = (picture.y(), picture.strides().0);
+        let mean = (0..24)
+            .flat_map(|row| y[row * stride..][..32].iter())
+            .map(|&v| u32::from(v))
+            .sum::<u32>()
+            / (32 * 24);
+        assert!(mean.abs_diff(25) <= 2, "mean Y {mean}");
+
+        // A change: a frame of each, the low one no keyframe.
+        r.level.store(200, Ordering::Relaxed);
+        assert!(r.ticks(1) == [true]);
+        assert_eq!((encoded(&low_stats), keys(&low_stats)), (2, 1));
+        assert_eq!(drain(&mut viewer).0, [false]);
+        assert_eq!(encoded(&r.stats), main_frames + 1);
+
+        // Only the low rendition read: the frame thread still works for it.
+        drop(main);
+        assert!(r.stage.has_readers());
+        // Its viewer gone: nothing more of it.
+        drop(viewer);
+        r.level.store(100, Ordering::Relaxed);
+        r.ticks(5);
+        assert_eq!(encoded(&low_stats), 2);
     }
 
     #[test]

@@ -187,6 +187,17 @@ impl Ring {
 
     /// A new reader. It starts at the next keyframe, which it asks for.
     pub fn subscribe(&self) -> Result<RingReader, SubscribeError> {
+        self.subscribe_with(false)
+    }
+
+    /// [`Ring::subscribe`] for a reader that can wait: its keyframe is asked for patiently
+    /// (granted once [`KEYFRAME_PATIENCE`] has passed since the last one), and so are those of
+    /// its lags until told otherwise ([`RingReader::set_patient`]).
+    pub fn subscribe_patiently(&self) -> Result<RingReader, SubscribeError> {
+        self.subscribe_with(true)
+    }
+
+    fn subscribe_with(&self, patient: bool) -> Result<RingReader, SubscribeError> {
         let s = &self.shared;
         let place = s
             .places
@@ -199,14 +210,18 @@ impl Ring {
             .ok_or(SubscribeError::Full(s.places.len()))?;
         s.places_used.fetch_max(place + 1, Ordering::AcqRel);
         s.readers.fetch_add(1, Ordering::Relaxed);
-        s.keyframe_wanted.store(true, Ordering::Release);
+        if patient {
+            s.keyframe_wanted_patient.store(true, Ordering::Release);
+        } else {
+            s.keyframe_wanted.store(true, Ordering::Release);
+        }
         Ok(RingReader {
             shared: s.clone(),
             place,
             next: s.published.load(Ordering::Acquire),
             need_keyframe: true,
             lags: 0,
-            patient: false,
+            patient,
         })
     }
 

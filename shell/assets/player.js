@@ -15,6 +15,11 @@
   const qualityEl = document.getElementById('quality');
 
   // Everything the page measures; tests and the overlay read it.
+  // `?rendition=low` asks for the smaller picture whatever the link (to spare a metered
+  // connection); without it the pod moves this page there only while its link cannot carry
+  // the stream.
+  const askLow = new URLSearchParams(location.search).get('rendition') === 'low';
+  const LOW_NOTICE = 'Slow connection: smaller picture';
   const stats = (window.playpodStats = {
     connected: false, codec: null, width: 0, height: 0,
     messages: 0, bytes: 0, keyframes: 0, framesDecoded: 0, framesDrawn: 0, droppedFrames: 0,
@@ -23,6 +28,9 @@
     // The pod's bitrate target and the bitrate set (kbit/s), whether this page's own link was
     // seen too slow for the stream lately, and what the page says of it (empty: nothing).
     bitrateKbps: null, fullKbps: null, slowLink: false, quality: '',
+    // 'low' while the pod sends this page its low rendition (half the width and height: its
+    // link could not carry the stream while players play), else 'full'.
+    rendition: 'full',
     // Frames the pod sent this page that never came (it fell behind and skipped to a keyframe).
     missedFrames: 0,
     // The pod sends a frame when the picture changes, and one a second while it does not: a
@@ -100,7 +108,8 @@
     stats.slowLink = msg.slowLink === true;
     const lowered = msg.bitrateKbps < 0.95 * msg.fullKbps;
     let text = '';
-    if (stats.slowLink) text = lowered ? 'Slow connection: picture quality lowered' : 'Slow connection: frames skipped';
+    if (stats.rendition === 'low') text = askLow ? '' : LOW_NOTICE;
+    else if (stats.slowLink) text = lowered ? 'Slow connection: picture quality lowered' : 'Slow connection: frames skipped';
     else if (lowered) text = 'Picture quality lowered for a slow connection elsewhere';
     sayQuality(text, lowered ? `stream at ${msg.bitrateKbps} of ${msg.fullKbps} kbit/s` : '');
   }
@@ -255,6 +264,7 @@
       backoff = 250;
       heardAt = performance.now();
       current = socket;
+      if (askLow) socket.send(JSON.stringify({ rendition: 'low' }));
       probeClock(socket);
       prober = setInterval(() => {
         if (performance.now() - heardAt > SILENT_MS) {
@@ -279,8 +289,14 @@
       if (typeof ev.data === 'string') {
         const msg = JSON.parse(ev.data);
         if ('pong' in msg) { onPong(msg); return; }
+        // The first message, or the pod moving this page to another rendition of the stream
+        // (its frames are numbered apart, and start with a keyframe).
         config = msg;
         stats.codec = config.codec; stats.width = config.width; stats.height = config.height;
+        stats.rendition = config.rendition === 'low' ? 'low' : 'full';
+        lastSeq = null;
+        if (stats.rendition === 'low') sayQuality(askLow ? '' : LOW_NOTICE);
+        else if (stats.quality === LOW_NOTICE) sayQuality('');
         newDecoder(config, socket);
         stats.connected = true;
         showMessage('');
@@ -323,6 +339,7 @@
       clearInterval(prober);
       if (current === socket) current = null;
       sayQuality('');
+      stats.rendition = 'full';
       stats.connected = false;
       if (decoder && decoder.state !== 'closed') decoder.close();
       decoder = null;

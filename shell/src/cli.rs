@@ -92,6 +92,13 @@ pub struct StreamArgs {
     /// sound changes.
     #[arg(long)]
     pub fixed_bitrate: bool,
+    /// Offer no low rendition. By default, while players' links set the bitrate, a spectator
+    /// whose link cannot carry the stream is moved to the same picture at half its width and
+    /// height (a second encoder, a quarter of the bitrate, running only while someone watches
+    /// it; a try at the full picture after 10 s without trouble) rather than left to stand
+    /// still for seconds each time it falls behind. CPU encoders only (not with NVENC).
+    #[arg(long)]
+    pub no_low_rendition: bool,
     /// Video encoder and where the colour conversion runs.
     ///
     /// `auto`: NVENC fed by the CUDA conversion on a GPU that has NVENC; openh264 fed by the

@@ -40,6 +40,16 @@ impl Metrics {
         self
     }
 
+    /// Adds the low rendition's counters (`None`: there is none; its viewers are counted
+    /// anyway, as 0).
+    pub fn with_low_rendition(mut self, low: Option<Arc<PipelineStats>>) -> Self {
+        if let Some(stats) = low {
+            self.registry
+                .register_collector(Box::new(LowCollector { stats }));
+        }
+        self
+    }
+
     /// Adds the players' input counters and the input latency histogram.
     pub fn with_input(mut self, input: Arc<InputStats>) -> Self {
         self.registry
@@ -52,6 +62,43 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// The low rendition's frames, bytes and bitrate.
+#[derive(Debug)]
+struct LowCollector {
+    stats: Arc<PipelineStats>,
+}
+
+impl Collector for LowCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s = &*self.stats;
+        counter(
+            &mut enc,
+            "low_rendition_frames_encoded",
+            "Frames of the low rendition encoded (only while someone reads it).",
+            load(&s.frames_encoded),
+        )?;
+        counter(
+            &mut enc,
+            "low_rendition_keyframes",
+            "IDR frames of the low rendition encoded.",
+            load(&s.keyframes),
+        )?;
+        counter(
+            &mut enc,
+            "low_rendition_encoded_bytes",
+            "Bytes of the low rendition encoded.",
+            load(&s.bytes_encoded),
+        )?;
+        gauge(
+            &mut enc,
+            "low_rendition_bitrate_target_bits_per_second",
+            "The low rendition's target bitrate now: a quarter of --bitrate-kbps, lowered while \
+             its viewers' links cannot carry it.",
+            load(&s.bitrate_target_bps) as i64,
+        )
     }
 }
 
@@ -221,6 +268,26 @@ impl Collector for SessionCollector {
             "Video viewers whose page holds a connected player's seat: their links set the \
              bitrate.",
             h.seated_viewers.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "viewers_low_rendition",
+            "Video viewers reading the low rendition (spectators whose links could not carry \
+             the stream while players played).",
+            h.low_viewers.load(Ordering::Relaxed) as i64,
+        )?;
+        counter(
+            &mut enc,
+            "viewer_moves_to_low_rendition",
+            "Times a spectator's link could not carry the stream and it moved to the low \
+             rendition.",
+            load(&h.rendition_moves_low),
+        )?;
+        counter(
+            &mut enc,
+            "viewer_moves_to_full_picture",
+            "Times a viewer of the low rendition moved back to the full picture.",
+            load(&h.rendition_moves_full),
         )?;
         gauge(
             &mut enc,

@@ -118,6 +118,11 @@ pub struct Health {
     pub viewers: AtomicUsize,
     /// Viewers whose page holds a player's seat: their links set the bitrate.
     pub seated_viewers: AtomicUsize,
+    /// Viewers reading the low rendition.
+    pub low_viewers: AtomicUsize,
+    /// Times a viewer moved to the low rendition, and back to the full picture.
+    pub rendition_moves_low: AtomicU64,
+    pub rendition_moves_full: AtomicU64,
     pub players: AtomicUsize,
     /// Unix seconds when a viewer or player was last connected.
     last_activity: AtomicU64,
@@ -137,6 +142,9 @@ impl Health {
             capture,
             viewers: AtomicUsize::new(0),
             seated_viewers: AtomicUsize::new(0),
+            low_viewers: AtomicUsize::new(0),
+            rendition_moves_low: AtomicU64::new(0),
+            rendition_moves_full: AtomicU64::new(0),
             players: AtomicUsize::new(0),
             last_activity: AtomicU64::new(unix_micros() / 1_000_000),
             frames_sent: AtomicU64::new(0),
@@ -193,6 +201,14 @@ impl Health {
     }
 }
 
+/// The low rendition ([`playpod_hotpath::rendition`]): its ring, its counters and its picture.
+#[derive(Debug)]
+pub struct LowStream {
+    pub ring: Ring,
+    pub stats: Arc<playpod_hotpath::stats::PipelineStats>,
+    pub stream: StreamInfo,
+}
+
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
@@ -203,6 +219,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The frame thread's counters (the bitrate target on /readyz).
     pub video: Arc<playpod_hotpath::stats::PipelineStats>,
+    /// The low rendition for spectators on slow links, when there is one.
+    pub low: Option<LowStream>,
     /// The player slots behind `/input/1` and `/input/2`.
     pub input: Arc<crate::input::Players>,
     /// The game's sound, when audio is on (`WS .../audio`).
@@ -434,15 +452,19 @@ pub fn write_media_header(buf: &mut [u8], kind: u8, meta: &FrameMeta) {
     buf[8..16].copy_from_slice(&meta.capture_us.to_le_bytes());
 }
 
-/// The first text message of the video stream.
-pub fn video_config(codec: &str, stream: StreamInfo) -> String {
-    serde_json::json!({
+/// The first text message of the video stream, and of each change of rendition: the low
+/// rendition's says `"rendition":"low"`.
+pub fn video_config(codec: &str, stream: StreamInfo, low: bool) -> String {
+    let mut config = serde_json::json!({
         "codec": codec,
         "width": stream.width,
         "height": stream.height,
         "fps": stream.fps,
-    })
-    .to_string()
+    });
+    if low {
+        config["rendition"] = "low".into();
+    }
+    config.to_string()
 }
 
 /// A viewer's text message as the JSON object a clock probe is, if it is one (at most 128
@@ -525,6 +547,7 @@ fn role_in(msg: &serde_json::Map<String, serde_json::Value>) -> Option<Role> {
 struct ViewerGuard<'a> {
     health: &'a Health,
     seated: bool,
+    low: bool,
 }
 
 impl<'a> ViewerGuard<'a> {
@@ -534,7 +557,17 @@ impl<'a> ViewerGuard<'a> {
         Self {
             health,
             seated: false,
+            low: false,
         }
+    }
+
+    fn set_low(&mut self, low: bool) {
+        match (self.low, low) {
+            (false, true) => self.health.low_viewers.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.health.low_viewers.fetch_sub(1, Ordering::Relaxed),
+            _ => return,
+        };
+        self.low = low;
     }
 
     fn set_seated(&mut self, seated: bool) {
@@ -550,9 +583,168 @@ impl<'a> ViewerGuard<'a> {
 impl Drop for ViewerGuard<'_> {
     fn drop(&mut self) {
         self.set_seated(false);
+        self.set_low(false);
         self.health.touch();
         self.health.viewers.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// How long a viewer moved to the low rendition stays there without trouble before it tries
+/// the full picture again ([`Feed`]).
+pub const LOW_RETRY: Duration = Duration::from_secs(10);
+/// A try at the full picture that meets trouble within this time failed: the next try waits
+/// twice as long, up to [`LOW_RETRY_MAX`].
+pub const LOW_PROBATION: Duration = Duration::from_secs(10);
+/// The longest wait between two tries at the full picture.
+pub const LOW_RETRY_MAX: Duration = Duration::from_secs(160);
+
+/// What one viewer reads: the full stream or the low rendition ([`LowStream`]), and its way
+/// back. A viewer whose link does not set the bitrate (a spectator while players play) goes to
+/// the low rendition at its link's first sign of trouble; after [`LOW_RETRY`] without trouble
+/// (or at once when its link counts again) it subscribes to the full stream beside it, patiently,
+/// and moves there at that stream's next keyframe, so it never waits on a still picture.
+struct Feed {
+    reader: RingReader,
+    /// The reader's lags last seen.
+    lags: u64,
+    /// Whether this reader's stream was described to the viewer (its config message).
+    configured: bool,
+    low: bool,
+    /// The latest trouble on the low rendition, or when the viewer moved there.
+    calm_since: tokio::time::Instant,
+    retry_after: Duration,
+    /// When the viewer last went back to the full picture.
+    back_at: Option<tokio::time::Instant>,
+    /// The full stream's reader, waiting for its first keyframe.
+    full: Option<RingReader>,
+    /// The viewer asked for the low rendition (`{"rendition":"low"}`): it stays there.
+    asked_low: bool,
+}
+
+impl Feed {
+    fn new(reader: RingReader) -> Self {
+        Self {
+            lags: reader.lags(),
+            reader,
+            configured: false,
+            low: false,
+            calm_since: tokio::time::Instant::now(),
+            retry_after: LOW_RETRY,
+            back_at: None,
+            full: None,
+            asked_low: false,
+        }
+    }
+
+    /// The viewer asks for the low rendition (`low`), or for the picture to follow its link
+    /// again: moved there at once, or left to find its way back.
+    fn ask(&mut self, app: &AppState, guard: &mut ViewerGuard<'_>, low: bool) {
+        self.asked_low = low;
+        if !low || self.low {
+            return;
+        }
+        if let Some(reader) = app.low.as_ref().and_then(|low| low.ring.subscribe().ok()) {
+            self.switch(reader, true, guard);
+            self.full = None;
+        }
+    }
+
+    /// The viewer's link showed a queue, or its reader fell behind (`link_bps`: what the link
+    /// delivered, if known). Counted for the bitrate of the stream it reads when `counted` or
+    /// when that is the low rendition (all of whose viewers' links count); otherwise, it
+    /// moves to the low rendition, if there is one.
+    fn trouble(
+        &mut self,
+        app: &AppState,
+        guard: &mut ViewerGuard<'_>,
+        counted: bool,
+        link_bps: Option<u64>,
+    ) {
+        let now = tokio::time::Instant::now();
+        match &app.low {
+            Some(low) if self.low => {
+                low.ring.report_trouble(link_bps);
+                self.calm_since = now;
+                self.full = None;
+            }
+            _ if counted => app.ring.report_trouble(link_bps),
+            Some(low) => {
+                let Ok(reader) = low.ring.subscribe() else {
+                    return;
+                };
+                if self
+                    .back_at
+                    .is_some_and(|at| now.duration_since(at) < LOW_PROBATION)
+                {
+                    self.retry_after = (self.retry_after * 2).min(LOW_RETRY_MAX);
+                } else {
+                    self.retry_after = LOW_RETRY;
+                }
+                tracing::debug!(
+                    retry_s = self.retry_after.as_secs(),
+                    "a spectator's link cannot carry the stream: moved to the low rendition"
+                );
+                self.switch(reader, true, guard);
+                self.calm_since = now;
+                app.health
+                    .rendition_moves_low
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    /// On the low rendition: starts waiting for the full stream's next keyframe once the link
+    /// has been calm for the retry time, or at once when its troubles count (the full
+    /// stream's bitrate then follows it).
+    fn try_full(&mut self, app: &AppState, counted: bool) {
+        if !self.low || self.full.is_some() || self.asked_low {
+            return;
+        }
+        if counted {
+            self.full = app.ring.subscribe().ok();
+        } else if self.calm_since.elapsed() >= self.retry_after {
+            self.full = app.ring.subscribe_patiently().ok();
+        }
+    }
+
+    /// Reads from `reader` from now on.
+    fn switch(&mut self, reader: RingReader, low: bool, guard: &mut ViewerGuard<'_>) {
+        self.lags = reader.lags();
+        self.reader = reader;
+        self.configured = false;
+        self.low = low;
+        guard.set_low(low);
+    }
+
+    /// Asks for a keyframe of the stream this viewer reads.
+    fn request_keyframe(&self, app: &AppState, counted: bool) {
+        match &app.low {
+            Some(low) if self.low => low.ring.request_keyframe(),
+            // Like its lags: a viewer whose link does not set the bitrate waits.
+            _ if counted => app.ring.request_keyframe(),
+            _ => app.ring.request_keyframe_patiently(),
+        }
+    }
+
+    /// The picture of the stream this viewer reads.
+    fn stream(&self, app: &AppState) -> StreamInfo {
+        match &app.low {
+            Some(low) if self.low => low.stream,
+            _ => app.stream,
+        }
+    }
+}
+
+/// What woke a viewer's task.
+enum Woken {
+    LinkCheck,
+    Read(ReadOutcome),
+    /// The full stream's reader, waiting to replace the low rendition's, read a frame (its
+    /// first keyframe).
+    Full(ReadOutcome),
+    /// The viewer asked for the low rendition (true) or for the picture to follow its link.
+    Ask(bool),
 }
 
 /// Serves one viewer: the config message, then every access unit from its ring reader, each
@@ -560,13 +752,14 @@ impl Drop for ViewerGuard<'_> {
 /// ten seconds, or the stream ends. With `probe`, the viewer's link is checked every
 /// [`LINK_CHECK_INTERVAL`] and a queue of [`SLOW_LINK_QUEUE`] or more is reported to the ring.
 /// Such a slow link, or a lag in the ring, lowers the encoder's bitrate when it is a player's
-/// (its clock probes show the seat of a connected player) or when no player is connected: a
-/// spectator on a weak link only skips ahead while players watch, and asks for its keyframes
-/// patiently ([`RingReader::set_patient`]). Generic over the socket so tests can drive it.
+/// (its clock probes show the seat of a connected player) or when no player is connected. A
+/// spectator on a weak link while players watch moves to the low rendition where there is one
+/// ([`Feed`]); without one it only skips ahead, and asks for its keyframes patiently
+/// ([`RingReader::set_patient`]). Generic over the socket so tests can drive it.
 pub async fn stream_video<S, R>(
     mut sink: S,
     mut incoming: R,
-    mut reader: RingReader,
+    reader: RingReader,
     mut probe: Option<LinkProbe>,
     app: &AppState,
 ) where
@@ -578,9 +771,10 @@ pub async fn stream_video<S, R>(
     // Grows to the largest access unit this viewer sees, then stays: no allocation per frame
     // here beyond the message handed to the socket.
     let mut buf = Vec::with_capacity(MEDIA_HEADER_LEN + 64 * 1024);
-    let mut configured = false;
+    // The full stream's first keyframe while coming back from the low rendition.
+    let mut full_buf = Vec::new();
+    let mut feed = Feed::new(reader);
     let mut last_key_request: Option<tokio::time::Instant> = None;
-    let mut lags = reader.lags();
     // This viewer's last sign of a link too slow for the stream, whether it counts or not.
     let mut troubled_at: Option<tokio::time::Instant> = None;
     // Whether this viewer's troubles count for the bitrate.
@@ -590,29 +784,26 @@ pub async fn stream_video<S, R>(
     loop {
         buf.clear();
         buf.resize(MEDIA_HEADER_LEN, 0);
+        let counted = counts(guard.seated);
         // A viewer whose link does not set the bitrate asks for its keyframes patiently, so
-        // that falling behind does not make every viewer take an IDR.
-        reader.set_patient(!counts(guard.seated));
-        let outcome = tokio::select! {
-            _ = link_checks.tick(), if probe.is_some() => {
-                if let Some(link) = probe.as_mut().and_then(LinkProbe::check)
-                    && link.queue >= SLOW_LINK_QUEUE
-                {
-                    tracing::debug!(
-                        queue_ms = link.queue.as_millis(),
-                        delivered_bps = link.delivered_bps,
-                        seated = guard.seated,
-                        "a viewer's link holds a queue"
-                    );
-                    app.ring.report_slow_link();
-                    troubled_at = Some(tokio::time::Instant::now());
-                    if counts(guard.seated) {
-                        app.ring.report_trouble(link.delivered_bps);
-                    }
-                }
-                continue;
+        // that falling behind does not make every viewer take an IDR (the low rendition's
+        // keyframes are its slow viewers' own).
+        feed.reader.set_patient(!feed.low && !counted);
+        let had_full = feed.full.is_some();
+        feed.try_full(app, counted);
+        if !had_full && feed.full.is_some() {
+            full_buf.clear();
+            full_buf.resize(MEDIA_HEADER_LEN, 0);
+        }
+        let woken = tokio::select! {
+            _ = link_checks.tick(), if probe.is_some() => Woken::LinkCheck,
+            outcome = std::future::poll_fn(|cx| feed.reader.poll_read(cx, &mut buf)) => {
+                Woken::Read(outcome)
             }
-            outcome = std::future::poll_fn(|cx| reader.poll_read(cx, &mut buf)) => outcome,
+            outcome = std::future::poll_fn(|cx| match feed.full.as_mut() {
+                Some(full) => full.poll_read(cx, &mut full_buf),
+                None => std::task::Poll::Pending,
+            }), if feed.full.is_some() => Woken::Full(outcome),
             msg = incoming.next() => match msg {
                 // Pings are answered by the socket itself.
                 Some(Ok(Message::Close(_))) => {
@@ -626,12 +817,7 @@ pub async fn stream_video<S, R>(
                     if last_key_request
                         .is_none_or(|at| now.duration_since(at) >= KEYFRAME_REQUEST_INTERVAL)
                     {
-                        // Like its lags: a viewer whose link does not set the bitrate waits.
-                        if counts(guard.seated) {
-                            app.ring.request_keyframe();
-                        } else {
-                            app.ring.request_keyframe_patiently();
-                        }
+                        feed.request_keyframe(app, counted);
                         last_key_request = Some(now);
                     }
                     continue;
@@ -651,20 +837,59 @@ pub async fn stream_video<S, R>(
                     {
                         return;
                     }
-                    continue;
+                    match msg.get("rendition").and_then(serde_json::Value::as_str) {
+                        Some("low") => Woken::Ask(true),
+                        Some("auto") => Woken::Ask(false),
+                        _ => continue,
+                    }
                 }
                 Some(Ok(_)) => continue,
             },
         };
-        if reader.lags() != lags {
-            lags = reader.lags();
-            troubled_at = Some(tokio::time::Instant::now());
-            if counts(guard.seated) {
-                let link = probe.as_mut().and_then(LinkProbe::check);
-                app.ring
-                    .report_trouble(link.and_then(|link| link.delivered_bps));
+        let outcome = match woken {
+            Woken::Ask(low) => {
+                feed.ask(app, &mut guard, low);
+                continue;
             }
-        }
+            Woken::LinkCheck => {
+                if let Some(link) = probe.as_mut().and_then(LinkProbe::check)
+                    && link.queue >= SLOW_LINK_QUEUE
+                {
+                    tracing::debug!(
+                        queue_ms = link.queue.as_millis(),
+                        delivered_bps = link.delivered_bps,
+                        seated = guard.seated,
+                        low = feed.low,
+                        "a viewer's link holds a queue"
+                    );
+                    app.ring.report_slow_link();
+                    troubled_at = Some(tokio::time::Instant::now());
+                    feed.trouble(app, &mut guard, counted, link.delivered_bps);
+                }
+                continue;
+            }
+            Woken::Full(outcome) => {
+                if let ReadOutcome::Frame(_) = outcome
+                    && let Some(full) = feed.full.take()
+                {
+                    tracing::debug!("a spectator is back on the full picture");
+                    feed.switch(full, false, &mut guard);
+                    feed.back_at = Some(tokio::time::Instant::now());
+                    health.rendition_moves_full.fetch_add(1, Ordering::Relaxed);
+                    std::mem::swap(&mut buf, &mut full_buf);
+                }
+                outcome
+            }
+            Woken::Read(outcome) => {
+                if feed.reader.lags() != feed.lags {
+                    feed.lags = feed.reader.lags();
+                    troubled_at = Some(tokio::time::Instant::now());
+                    let link = probe.as_mut().and_then(LinkProbe::check);
+                    feed.trouble(app, &mut guard, counted, link.and_then(|l| l.delivered_bps));
+                }
+                outcome
+            }
+        };
         let meta = match outcome {
             ReadOutcome::Frame(meta) => meta,
             ReadOutcome::Empty => continue,
@@ -673,14 +898,14 @@ pub async fn stream_video<S, R>(
                 return;
             }
         };
-        if !configured {
+        if !feed.configured {
             let codec = h264::codec_string(&buf[MEDIA_HEADER_LEN..])
                 .unwrap_or_else(|| "avc1.42E01F".to_owned());
-            let config = video_config(&codec, app.stream);
+            let config = video_config(&codec, feed.stream(app), feed.low);
             if !send(&mut sink, Message::Text(config.into()), health).await {
                 return;
             }
-            configured = true;
+            feed.configured = true;
         }
         write_media_header(&mut buf, KIND_VIDEO, &meta);
         let len = buf.len() as u64;
@@ -856,10 +1081,22 @@ mod tests {
             fps: 60,
         };
         let v: serde_json::Value =
-            serde_json::from_str(&video_config("avc1.42C01F", info)).unwrap();
+            serde_json::from_str(&video_config("avc1.42C01F", info, false)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"codec":"avc1.42C01F","width":768,"height":768,"fps":60})
+        );
+        let low = StreamInfo {
+            width: 384,
+            height: 384,
+            fps: 60,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&video_config("avc1.42C015", low, true)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"codec":"avc1.42C015","width":384,"height":384,"fps":60,
+                               "rendition":"low"})
         );
     }
 }

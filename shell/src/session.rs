@@ -12,15 +12,16 @@ use playpod_ffi::cuda::ChromaLayout;
 use playpod_hotpath::audio::AudioPipeline;
 use playpod_hotpath::capture::FrameSource;
 use playpod_hotpath::damage::ScreenChanges;
-use playpod_hotpath::encode::{EncoderSettings, Openh264Encoder, VideoEncoder};
+use playpod_hotpath::encode::{EncoderSettings, InputKind, Openh264Encoder, VideoEncoder};
 use playpod_hotpath::gpu::{GpuChoice, GpuConverter, NvencEncoder};
 use playpod_hotpath::pipeline::{FrameStage, Pipeline, PipelineConfig, Unchanged};
+use playpod_hotpath::rendition::{LowRendition, low_settings};
 
 use crate::audio::AudioSource;
 use crate::cli::{EncoderChoice, StreamArgs};
 use crate::cores::{Machine, Placement};
 use crate::metrics::Metrics;
-use crate::server::{self, AppState, Health, StreamInfo};
+use crate::server::{self, AppState, Health, LowStream, StreamInfo};
 use crate::token::random_token;
 
 /// A running session: the frame thread and the state the server shares.
@@ -125,6 +126,50 @@ fn make_video_path(choice: EncoderChoice, settings: EncoderSettings) -> anyhow::
     }
 }
 
+/// The low rendition for spectators on slow links ([`playpod_hotpath::rendition`]): made for a
+/// CPU encoder, unless `--no-low-rendition` or the picture is too small.
+fn low_rendition(
+    args: &StreamArgs,
+    settings: EncoderSettings,
+    host_input: bool,
+) -> anyhow::Result<Option<(LowRendition, LowStream)>> {
+    if args.no_low_rendition {
+        tracing::info!("--no-low-rendition: a spectator on a slow link skips ahead instead");
+        return Ok(None);
+    }
+    let Some(low) = low_settings(settings) else {
+        tracing::info!("no low rendition: the picture is too small to halve");
+        return Ok(None);
+    };
+    if !host_input {
+        tracing::info!(
+            "no low rendition with NVENC: a spectator on a slow link skips ahead instead"
+        );
+        return Ok(None);
+    }
+    let encoder = Openh264Encoder::new(low).context("cannot make the low rendition's encoder")?;
+    let (rendition, ring, stats) =
+        LowRendition::with_ring(Box::new(encoder), low, args.fixed_bitrate);
+    tracing::info!(
+        size = %format_args!("{}x{}", low.width, low.height),
+        bitrate_kbps = low.bitrate_bps / 1000,
+        "a low rendition for spectators on slow links (encoded only while one watches it)"
+    );
+    let stream = StreamInfo {
+        width: low.width,
+        height: low.height,
+        fps: low.fps,
+    };
+    Ok(Some((
+        rendition,
+        LowStream {
+            ring,
+            stats,
+            stream,
+        },
+    )))
+}
+
 impl Session {
     /// Starts the frame thread over `source`, with no audio and no damage tracking.
     pub fn start(source: Box<dyn FrameSource>, args: &StreamArgs) -> anyhow::Result<Self> {
@@ -180,7 +225,12 @@ impl Session {
             bitrate_kbps = args.bitrate_kbps,
             "starting the frame pipeline"
         );
+        let host_input = encoder.input() == InputKind::HostI420;
         let (stage, ring, stats) = FrameStage::with_ring(source, encoder, settings);
+        let (stage, low) = match low_rendition(args, settings, host_input)? {
+            Some((rendition, low)) => (stage.with_low_rendition(rendition), Some(low)),
+            None => (stage, None),
+        };
         let stage = match converter {
             Some(converter) => stage.with_gpu_converter(converter),
             None => stage,
@@ -234,6 +284,7 @@ impl Session {
         };
         let metrics = Metrics::new(stats.clone(), health.clone(), ring.clone())
             .with_input(players.stats().clone())
+            .with_low_rendition(low.as_ref().map(|low| low.stats.clone()))
             .with_audio(audio_feed.clone());
         let state = Arc::new(AppState {
             token: args.token.clone().unwrap_or_else(random_token),
@@ -246,6 +297,7 @@ impl Session {
             health,
             metrics,
             video: stats,
+            low,
             input: players,
             audio: audio_feed,
         });

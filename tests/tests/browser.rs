@@ -1183,6 +1183,31 @@ async fn check_quality_notice(client: &Client, served: &Served) {
         "a slow viewer elsewhere: target {} of 2500 kbit/s, the page says {:?}",
         stats["bitrateKbps"], stats["quality"]
     );
+
+    // A page that asks for the low rendition (`?rendition=low`) gets the picture at half its
+    // width and height, decodes and draws it, and needs no notice of it.
+    client
+        .goto(&format!("{}?rendition=low", served.url))
+        .await
+        .expect("open the player asking for the low rendition");
+    let low = poll_page(
+        client,
+        "s.rendition === 'low' && s.width === 384 && s.height === 384 && s.framesDrawn > 30 && \
+         document.getElementById('screen').width === 384 && \
+         document.getElementById('screen').height === 384",
+        20,
+    )
+    .await;
+    eprintln!("asking for the low rendition: {low}");
+    assert_eq!(low["met"], json!(true), "{low}");
+    assert_eq!(low["stats"]["quality"], json!(""), "{low}");
+    assert_eq!(low["stats"]["decodeErrors"], json!(0), "{low}");
+    let metrics = served.get("/metrics");
+    assert_eq!(
+        playpod_tests::soak::metric_value(&metrics, "playpod_viewers_low_rendition"),
+        Some(1.0),
+        "the pod does not count the page on the low rendition"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,15 +115,18 @@ struct Arrival {
     age_ms: f64,
 }
 
+/// What a viewer got: its frames, the clock answers, and each description of the stream (the
+/// first, and one on each move between renditions) with when it came.
+struct Viewed {
+    frames: Vec<Arrival>,
+    pongs: Vec<serde_json::Value>,
+    configs: Vec<(Duration, serde_json::Value)>,
+}
+
 /// Reads the video WebSocket at `url` for `seconds` from inside the namespace `ns`, sending
 /// each text of `say` on the socket at its time after the start (in order), as the page does
-/// with its clock probes; returns the frames and the clock answers.
-fn view_from_saying(
-    ns: &str,
-    url: String,
-    seconds: u64,
-    say: Vec<(Duration, String)>,
-) -> (Vec<Arrival>, Vec<serde_json::Value>) {
+/// with its clock probes.
+fn view_from_saying(ns: &str, url: String, seconds: u64, say: Vec<(Duration, String)>) -> Viewed {
     let ns = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the namespace");
     std::thread::spawn(move || {
         playpod_ffi::tcp::enter_network_namespace(&ns).expect("enter the namespace");
@@ -139,6 +142,7 @@ fn view_from_saying(
                 .expect("connect from the namespace");
             let mut got = Vec::new();
             let mut pongs = Vec::new();
+            let mut configs = Vec::new();
             let mut say = say.into_iter().peekable();
             loop {
                 let until = match say.peek() {
@@ -154,10 +158,13 @@ fn view_from_saying(
                     }
                     _ => break,
                 };
-                if let Message::Text(t) = &msg
-                    && t.contains("\"pong\"")
-                {
-                    pongs.push(serde_json::from_str(t).expect("a JSON clock answer"));
+                if let Message::Text(t) = &msg {
+                    let v: serde_json::Value = serde_json::from_str(t).expect("JSON text");
+                    if v.get("pong").is_some() {
+                        pongs.push(v);
+                    } else {
+                        configs.push((start.elapsed(), v));
+                    }
                 }
                 if let Message::Binary(b) = msg
                     && b.len() >= 16
@@ -169,7 +176,11 @@ fn view_from_saying(
                     });
                 }
             }
-            (got, pongs)
+            Viewed {
+                frames: got,
+                pongs,
+                configs,
+            }
         })
     })
     .join()
@@ -238,7 +249,9 @@ fn a_viewer_on_a_slow_link_gets_fresh_frames_at_a_lower_bitrate() {
     );
     // A clock probe once the bitrate has settled: the answer tells the page its link is slow.
     let say = vec![(Duration::from_secs(12), r#"{"ping":1}"#.to_owned())];
-    let (got, pongs) = view_from_saying(&link.ns, video, 24, say);
+    let Viewed {
+        frames: got, pongs, ..
+    } = view_from_saying(&link.ns, video, 24, say);
     let metrics = pod.get("/metrics");
     let value = |name| metric_value(&metrics, name).unwrap_or(f64::NAN);
     let target = value("playpod_video_bitrate_target_bits_per_second");
@@ -353,13 +366,15 @@ impl Drop for Player {
 
 #[test]
 fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
+    // Without the low rendition (as with NVENC), where a spectator that cannot keep up skips
+    // ahead and waits for its keyframes.
     // Bound in this order, dropped in the reverse: the pod, its game, the screen, the link.
     let Some(Behind {
         link,
         _xvfb,
         _game,
         mut pod,
-    }) = plasma_pod_behind_a_slow_link("")
+    }) = plasma_pod_behind_a_slow_link("--no-low-rendition")
     else {
         return;
     };
@@ -389,8 +404,9 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
         ),
     ];
     let keyframes_before = value(&pod, "playpod_keyframes_total");
-    let viewer =
-        std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 20, say).0);
+    let viewer = std::thread::spawn(move || {
+        view_from_saying(&ns, format!("{ws_base}video"), 20, say).frames
+    });
     std::thread::sleep(Duration::from_millis(9_500));
     let slow_links = value(&pod, "playpod_viewer_slow_links_total");
     let lags = value(&pod, "playpod_viewer_lags_total");
@@ -428,5 +444,137 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
         "a player's slow link did not lower the bitrate"
     );
     assert!(target < 1_500_000.0);
+    assert!(pod.terminate().success());
+}
+
+/// Frames that arrived from `from` to `to` after the viewer started, and their ages' median.
+fn frames_between(frames: &[Arrival], from: Duration, to: Duration) -> (usize, f64) {
+    let ages: Vec<f64> = frames
+        .iter()
+        .filter(|a| a.at >= from && a.at < to)
+        .map(|a| a.age_ms)
+        .collect();
+    let n = ages.len();
+    (
+        n,
+        if n == 0 {
+            f64::NAN
+        } else {
+            percentile(ages, 50.0)
+        },
+    )
+}
+
+#[test]
+fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_picture_again() {
+    // Bound in this order, dropped in the reverse: the pod, its game, the screen, the link.
+    let Some(Behind {
+        link,
+        _xvfb,
+        _game,
+        mut pod,
+    }) = plasma_pod_behind_a_slow_link("")
+    else {
+        return;
+    };
+    let ws_base = pod.url.replacen("http://", "ws://", 1);
+    let _player = Player::connect(format!("{ws_base}input/1"));
+    let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
+    let counted = Instant::now() + Duration::from_secs(10);
+    while value(&pod, "playpod_players") != 1.0 {
+        assert!(Instant::now() < counted, "the pod never counted the player");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let keyframes_before = value(&pod, "playpod_keyframes_total");
+    let ns = link.ns.clone();
+    let viewer =
+        std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 22, vec![]));
+    std::thread::sleep(Duration::from_secs(8));
+    let on_low = value(&pod, "playpod_viewers_low_rendition");
+    let viewed = viewer.join().expect("the viewer thread");
+    let metrics = pod.get("/metrics");
+    let value = |name| metric_value(&metrics, name).unwrap_or(f64::NAN);
+    let renditions: Vec<(f64, String, u64)> = viewed
+        .configs
+        .iter()
+        .map(|(at, c)| {
+            (
+                (at.as_secs_f64() * 10.0).round() / 10.0,
+                c["rendition"].as_str().unwrap_or("full").to_owned(),
+                c["width"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let low_at = viewed
+        .configs
+        .iter()
+        .find(|(_, c)| c["rendition"] == "low")
+        .map(|(at, _)| *at);
+    let back_at = viewed
+        .configs
+        .iter()
+        .skip_while(|(_, c)| c["rendition"] != "low")
+        .find(|(_, c)| c.get("rendition").is_none())
+        .map_or(Duration::from_secs(22), |(at, _)| *at);
+    let on_low_frames =
+        low_at.map(|at| frames_between(&viewed.frames, at + Duration::from_secs(2), back_at));
+    eprintln!(
+        "a spectator on the 600 kbit/s link, a player elsewhere, 22 s: renditions (s, which, \
+         width) {renditions:?}; on the low one from 2 s after the move on: {on_low_frames:?} \
+         (frames, age p50 ms); low viewers at 8 s: {on_low}; moves to low {} / to full {}; \
+         low rendition's target {:.0} kbit/s, {} of its keyframes; the full stream's target \
+         {:.0} kbit/s, {} decreases, {} keyframes",
+        value("playpod_viewer_moves_to_low_rendition_total"),
+        value("playpod_viewer_moves_to_full_picture_total"),
+        value("playpod_low_rendition_bitrate_target_bits_per_second") / 1000.0,
+        value("playpod_low_rendition_keyframes_total"),
+        value("playpod_video_bitrate_target_bits_per_second") / 1000.0,
+        value("playpod_video_bitrate_decreases_total"),
+        value("playpod_keyframes_total") - keyframes_before,
+    );
+    // Full, then the low rendition (half the width) once its link showed trouble.
+    let low_at = low_at.expect("the spectator was never moved to the low rendition");
+    assert_eq!(renditions[0].1, "full");
+    assert_eq!(renditions[0].2, 384);
+    assert!(
+        renditions.iter().any(|r| r.1 == "low" && r.2 == 192),
+        "{renditions:?}"
+    );
+    assert!(
+        low_at < Duration::from_secs(6),
+        "moved to the low rendition only at {low_at:?}"
+    );
+    assert_eq!(on_low, 1.0, "the pod did not count a low-rendition viewer");
+    // There, fresh frames without standing still: the link carries it. The first two
+    // seconds drain the queue the full stream left on the link.
+    let (frames, age) = on_low_frames.expect("frames on the low rendition");
+    let seconds = back_at
+        .saturating_sub(low_at + Duration::from_secs(2))
+        .as_secs_f64();
+    assert!(
+        seconds >= 4.0 && frames as f64 >= 30.0 * seconds,
+        "{frames} frames in {seconds:.1} s on the low rendition"
+    );
+    assert!(
+        age < 150.0,
+        "frames arrive {age:.0} ms old on the low rendition"
+    );
+    // The players' stream kept its bitrate, and took no IDR per trouble of the spectator.
+    assert_eq!(value("playpod_video_bitrate_decreases_total"), 0.0);
+    assert_eq!(
+        value("playpod_video_bitrate_target_bits_per_second"),
+        1_500_000.0
+    );
+    // After 10 s without trouble it tried the full picture again, at a keyframe of the full
+    // stream; that link cannot carry it, so back to the low rendition.
+    assert!(
+        value("playpod_viewer_moves_to_full_picture_total") >= 1.0,
+        "never tried the full picture again: {renditions:?}"
+    );
+    let whiches: Vec<&str> = renditions.iter().map(|r| r.1.as_str()).collect();
+    assert!(
+        whiches.starts_with(&["full", "low", "full", "low"]),
+        "{renditions:?}"
+    );
     assert!(pod.terminate().success());
 }

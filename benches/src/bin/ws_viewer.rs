@@ -13,7 +13,11 @@
 //! `--save FILE` writes the first connection's access units, in order, from its first keyframe,
 //! as a raw Annex-B H.264 file that any decoder reads (`ffmpeg -i FILE ...`).
 //!
-//! `ws-viewer ws://127.0.0.1:8080/play/TOKEN/video 20 [--connections 50] [--save first.h264]`
+//! `--low` asks for the low rendition (`{"rendition":"low"}`), as a page opened with
+//! `?rendition=low` does: the counts are then of its frames, after those of the full stream
+//! that came before the move.
+//!
+//! `ws-viewer ws://127.0.0.1:8080/play/TOKEN/video 20 [--connections 50] [--save first.h264] [--low]`
 //!
 //! Exits 1, after printing the totals, if a connection failed or the saved file could not be
 //! written; 2 on bad arguments.
@@ -48,6 +52,9 @@ struct Args {
     /// H.264 file.
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
+    /// Ask for the low rendition (half the width and height) right after connecting.
+    #[arg(long)]
+    low: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -129,7 +136,7 @@ impl Saver {
 }
 
 /// One connection: reads until `deadline`, the end of the stream or an error.
-async fn view(url: String, deadline: Instant, mut saver: Option<Saver>) -> ViewEnd {
+async fn view(url: String, deadline: Instant, mut saver: Option<Saver>, low: bool) -> ViewEnd {
     let mut tally = Tally::default();
     let mut error = None;
     match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url.as_str())).await {
@@ -138,6 +145,12 @@ async fn view(url: String, deadline: Instant, mut saver: Option<Saver>) -> ViewE
         Ok(Ok((mut ws, _))) => {
             tally.connected = true;
             let mut config_seen = false;
+            if low {
+                use futures_util::SinkExt as _;
+                if let Err(err) = ws.send(Message::text(r#"{"rendition":"low"}"#)).await {
+                    error = Some(format!("cannot ask for the low rendition: {err}"));
+                }
+            }
             loop {
                 match tokio::time::timeout_at(deadline, ws.next()).await {
                     Err(_) | Ok(None) => break,
@@ -146,6 +159,10 @@ async fn view(url: String, deadline: Instant, mut saver: Option<Saver>) -> ViewE
                         break;
                     }
                     Ok(Some(Ok(Message::Text(_)))) if !config_seen => config_seen = true,
+                    // A move to another rendition: its frames are numbered on their own.
+                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"codec\"") => {
+                        tally.last_seq = None;
+                    }
                     Ok(Some(Ok(Message::Text(_)))) => tally.malformed += 1,
                     Ok(Some(Ok(Message::Binary(b)))) => {
                         if let (Some((unit, keyframe)), Some(s)) = (tally.binary(&b), &mut saver)
@@ -260,7 +277,8 @@ async fn main() -> std::process::ExitCode {
     for i in 0..args.connections {
         let url = args.url.clone();
         let saver = if i == 0 { saver.take() } else { None };
-        tasks.spawn(async move { (i, view(url, deadline, saver).await) });
+        let low = args.low;
+        tasks.spawn(async move { (i, view(url, deadline, saver, low).await) });
     }
     let mut ends: Vec<Option<ViewEnd>> = (0..args.connections).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
@@ -386,10 +404,16 @@ mod tests {
     async fn an_unreachable_server_is_an_error_not_a_panic() {
         let deadline = Instant::now() + Duration::from_secs(2);
         // Port 9 on loopback: nothing listens there.
-        let end = view("ws://127.0.0.1:9/play/t/video".into(), deadline, None).await;
+        let end = view(
+            "ws://127.0.0.1:9/play/t/video".into(),
+            deadline,
+            None,
+            false,
+        )
+        .await;
         assert!(!end.tally.connected);
         assert!(end.error.is_some());
-        let end = view("not a url".into(), deadline, None).await;
+        let end = view("not a url".into(), deadline, None, false).await;
         assert!(end.error.unwrap().contains("cannot connect"));
     }
 }
