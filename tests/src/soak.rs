@@ -6,7 +6,8 @@
 //! - one steady viewer and one steady listener for the whole run, which must miss nothing (no gap
 //!   in the video's or the audio's sequence numbers);
 //! - viewers and listeners that connect, read a few frames or packets, sometimes ask for a
-//!   keyframe or the pod's clock, and leave, half of them without a close frame;
+//!   keyframe, the pod's clock or the low rendition (whose first frame must be a keyframe), and
+//!   leave, half of them without a close frame;
 //! - both players, pressing random keys at 60 messages a second in binary and JSON, now and then
 //!   a bad message (each must get its `{"error":...}`), leaving with keys held, half of them
 //!   without a close frame; and a second controller of player 1 that must be refused (4001) and
@@ -14,7 +15,7 @@
 //! - the page, `/readyz`, `/metrics` and a wrong token (404), four times a second.
 //!
 //! At the end the pod must be as it was after warming up: every churned connection gone from the
-//! metrics, no key held on the X server, no more file descriptors or threads than then, its
+//! metrics (the low rendition's viewers too), no key held on the X server, no more file descriptors or threads than then, its
 //! memory grown by at most the given limit; and on SIGTERM it must exit 0 leaving none of its
 //! processes, no framebuffer or sound-server directory and no shared-memory segment behind.
 
@@ -85,6 +86,8 @@ struct Tally {
     takeovers: AtomicU64,
     replaced: AtomicU64,
     keyframes_asked: AtomicU64,
+    /// Viewers that asked for the low rendition and were moved there.
+    moved_low: AtomicU64,
     clock_probes: AtomicU64,
     http_requests: AtomicU64,
     failures: Mutex<Vec<String>>,
@@ -377,6 +380,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     if let Err(what) = settle(&addr, 0.0, 0.0).await {
         problems.push(what);
     }
+    if let Ok((_, body)) = http_get(&addr, "/metrics").await {
+        let low = metric_value(&body, "playpod_viewers_low_rendition");
+        if low != Some(0.0) {
+            problems.push(format!(
+                "the pod still counts {low:?} viewers on the low rendition with nobody connected"
+            ));
+        }
+    }
     let exit = tokio::task::spawn_blocking(move || {
         let status = served.terminate();
         let _ = served.log();
@@ -439,6 +450,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             "takeovers": tally.takeovers.load(Ordering::Relaxed),
             "replaced": tally.replaced.load(Ordering::Relaxed),
             "keyframesAsked": tally.keyframes_asked.load(Ordering::Relaxed),
+            "movedToLowRendition": tally.moved_low.load(Ordering::Relaxed),
             "clockProbes": tally.clock_probes.load(Ordering::Relaxed),
             "httpRequests": tally.http_requests.load(Ordering::Relaxed),
             "sessionsPerMinute": cycles as f64 / minutes.max(1e-9),
@@ -788,6 +800,7 @@ async fn media_churn(
         let want = rng.between(1, if kind == 1 { 90 } else { 150 });
         let mut got = 0;
         let mut first = true;
+        let mut asked_low = false;
         let mut asked_clock = false;
         let mut clock_answered = false;
         while got < want {
@@ -814,7 +827,14 @@ async fn media_churn(
                         break;
                     };
                     if first && kind == 1 && flags & 1 == 0 {
-                        tally.fail("churn: a new viewer's first frame was not a keyframe".into());
+                        tally.fail(format!(
+                            "churn: a viewer's first frame{} was not a keyframe",
+                            if asked_low {
+                                " on the low rendition"
+                            } else {
+                                ""
+                            }
+                        ));
                     }
                     first = false;
                     got += 1;
@@ -825,10 +845,19 @@ async fn media_churn(
                         } else if rng.chance(30) {
                             asked_clock = true;
                             let _ = ws.send(Message::text(r#"{"ping":42.5}"#)).await;
+                        } else if rng.chance(30) {
+                            asked_low = true;
+                            let _ = ws.send(Message::text(r#"{"rendition":"low"}"#)).await;
                         }
                     }
                 }
                 Message::Text(t) if t.contains("\"pong\"") => clock_answered = true,
+                // The move to the low rendition: its own description, then its own frames
+                // from a keyframe.
+                Message::Text(t) if asked_low && t.contains("\"rendition\":\"low\"") => {
+                    Tally::count(&tally.moved_low);
+                    first = true;
+                }
                 _ => {}
             }
         }

@@ -31,6 +31,7 @@ async fn demo_under_churn_keeps_every_frame_and_returns_to_its_baseline() {
         "playerSessions",
         "refusals",
         "takeovers",
+        "movedToLowRendition",
     ] {
         assert!(
             churn[counter].as_u64().unwrap_or(0) > 0,
