@@ -247,11 +247,16 @@ impl AppState {
         seated
     }
 
-    /// How the stream fits a viewer whose link last showed trouble at `troubled_at`, which is
-    /// forgotten once it is [`SLOW_LINK_MEMORY`] old and the target is back at full.
-    fn stream_fit(&self, troubled_at: &mut Option<tokio::time::Instant>) -> StreamFit {
-        let target = self.video.bitrate_target_bps.load(Ordering::Relaxed);
-        let full = self.video.bitrate_full_bps.load(Ordering::Relaxed);
+    /// How the stream fits a viewer (of the low rendition when `low`) whose link last showed
+    /// trouble at `troubled_at`, which is forgotten once it is [`SLOW_LINK_MEMORY`] old and the
+    /// target is back at full.
+    fn stream_fit(&self, troubled_at: &mut Option<tokio::time::Instant>, low: bool) -> StreamFit {
+        let stats = match &self.low {
+            Some(rendition) if low => &rendition.stats,
+            _ => &self.video,
+        };
+        let target = stats.bitrate_target_bps.load(Ordering::Relaxed);
+        let full = stats.bitrate_full_bps.load(Ordering::Relaxed);
         if target >= full && troubled_at.is_some_and(|at| at.elapsed() >= SLOW_LINK_MEMORY) {
             *troubled_at = None;
         }
@@ -376,6 +381,18 @@ struct Readiness<'a> {
     frames_published: u64,
     /// The encoder's target now: --bitrate-kbps, or less while viewers lag.
     bitrate_kbps: u64,
+    /// The low rendition for spectators on slow links, `null` where there is none.
+    low_rendition: Option<LowReadiness>,
+}
+
+/// The low rendition on `/readyz`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LowReadiness {
+    width: u32,
+    height: u32,
+    viewers: usize,
+    bitrate_kbps: u64,
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -394,6 +411,12 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         idle_seconds: h.idle_seconds(),
         frames_published: app.ring.published(),
         bitrate_kbps: app.video.bitrate_target_bps.load(Ordering::Relaxed) / 1000,
+        low_rendition: app.low.as_ref().map(|low| LowReadiness {
+            width: low.stream.width,
+            height: low.stream.height,
+            viewers: h.low_viewers.load(Ordering::Relaxed),
+            bitrate_kbps: low.stats.bitrate_target_bps.load(Ordering::Relaxed) / 1000,
+        }),
     };
     let status = if display_ok {
         StatusCode::OK
@@ -831,7 +854,7 @@ pub async fn stream_video<S, R>(
                     if let Some(role) = role_in(&msg) {
                         guard.set_seated(app.holds_seat(&role));
                     }
-                    let fit = app.stream_fit(&mut troubled_at);
+                    let fit = app.stream_fit(&mut troubled_at, feed.low);
                     if let Some(reply) = pong_for(&msg, unix_micros(), fit)
                         && !send(&mut sink, Message::Text(reply.into()), health).await
                     {

@@ -378,6 +378,8 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     else {
         return;
     };
+    let ready = readyz(&pod);
+    assert_eq!(ready["lowRendition"], serde_json::Value::Null, "{ready}");
     let ws_base = pod.url.replacen("http://", "ws://", 1);
     let player = Player::connect(format!("{ws_base}input/1"));
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
@@ -447,6 +449,13 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     assert!(pod.terminate().success());
 }
 
+/// The pod's `/readyz` answer.
+fn readyz(pod: &Served) -> serde_json::Value {
+    let response = pod.get("/readyz");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("/readyz is no JSON ({e}): {response}"))
+}
+
 /// Frames that arrived from `from` to `to` after the viewer started, and their ages' median.
 fn frames_between(frames: &[Arrival], from: Duration, to: Duration) -> (usize, f64) {
     let ages: Vec<f64> = frames
@@ -491,6 +500,7 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
         std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 22, vec![]));
     std::thread::sleep(Duration::from_secs(8));
     let on_low = value(&pod, "playpod_viewers_low_rendition");
+    let ready = readyz(&pod);
     let viewed = viewer.join().expect("the viewer thread");
     let metrics = pod.get("/metrics");
     let value = |name| metric_value(&metrics, name).unwrap_or(f64::NAN);
@@ -545,6 +555,15 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
         "moved to the low rendition only at {low_at:?}"
     );
     assert_eq!(on_low, 1.0, "the pod did not count a low-rendition viewer");
+    assert_eq!(ready["lowRendition"]["viewers"], 1, "{ready}");
+    assert_eq!(
+        (
+            &ready["lowRendition"]["width"],
+            &ready["lowRendition"]["height"]
+        ),
+        (&serde_json::json!(192), &serde_json::json!(192)),
+        "{ready}"
+    );
     // There, fresh frames without standing still: the link carries it. The first two
     // seconds drain the queue the full stream left on the link.
     let (frames, age) = on_low_frames.expect("frames on the low rendition");
