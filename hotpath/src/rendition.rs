@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::convert::{self, I420Frame, half_size};
 use crate::encode::{EncoderSettings, Picture, VideoEncoder};
-use crate::pipeline::{PipelineError, follow_viewers};
+use crate::pipeline::{PipelineError, follow_viewers, micros};
 use crate::rate::RateAdapt;
 use crate::ring::{Ring, RingConfig, RingWriter};
 use crate::stats::{PipelineStats, bump};
@@ -141,9 +141,7 @@ impl LowRendition {
         let encoded = self
             .encoder
             .encode(Picture::Host(&self.picture), want_key, &mut self.out)?;
-        stats
-            .encode_time
-            .record(encode_start.elapsed().as_micros() as u64);
+        stats.encode_time.record(micros(encode_start.elapsed()));
         if encoded.len == 0 {
             bump(&stats.frames_dropped_rate, 1);
             if want_key {
