@@ -620,6 +620,10 @@ pub const LOW_RETRY: Duration = Duration::from_secs(10);
 pub const LOW_PROBATION: Duration = Duration::from_secs(10);
 /// The longest wait between two tries at the full picture.
 pub const LOW_RETRY_MAX: Duration = Duration::from_secs(160);
+/// Link checks in a row that must find a queue before a spectator is moved to the low
+/// rendition (a lag moves it at once): a slow link holds its queue, a passing stall of the
+/// viewer's machine does not.
+pub const QUEUED_CHECKS_TO_MOVE: u32 = 2;
 
 /// What one viewer reads: the full stream or the low rendition ([`LowStream`]), and its way
 /// back. A viewer whose link does not set the bitrate (a spectator while players play) goes to
@@ -642,6 +646,8 @@ struct Feed {
     full: Option<RingReader>,
     /// The viewer asked for the low rendition (`{"rendition":"low"}`): it stays there.
     asked_low: bool,
+    /// Link checks in a row that found a queue.
+    queued_checks: u32,
 }
 
 impl Feed {
@@ -656,6 +662,7 @@ impl Feed {
             back_at: None,
             full: None,
             asked_low: false,
+            queued_checks: 0,
         }
     }
 
@@ -675,13 +682,15 @@ impl Feed {
     /// The viewer's link showed a queue, or its reader fell behind (`link_bps`: what the link
     /// delivered, if known). Counted for the bitrate of the stream it reads when `counted` or
     /// when that is the low rendition (all of whose viewers' links count); otherwise, it
-    /// moves to the low rendition, if there is one.
+    /// moves to the low rendition, if there is one, once the trouble is `lasting` (a lag, or
+    /// [`QUEUED_CHECKS_TO_MOVE`] queued link checks in a row).
     fn trouble(
         &mut self,
         app: &AppState,
         guard: &mut ViewerGuard<'_>,
         counted: bool,
         link_bps: Option<u64>,
+        lasting: bool,
     ) {
         let now = tokio::time::Instant::now();
         match &app.low {
@@ -691,7 +700,7 @@ impl Feed {
                 self.full = None;
             }
             _ if counted => app.ring.report_trouble(link_bps),
-            Some(low) => {
+            Some(low) if lasting => {
                 let Ok(reader) = low.ring.subscribe() else {
                     return;
                 };
@@ -713,7 +722,7 @@ impl Feed {
                     .rendition_moves_low
                     .fetch_add(1, Ordering::Relaxed);
             }
-            None => {}
+            Some(_) | None => {}
         }
     }
 
@@ -875,19 +884,23 @@ pub async fn stream_video<S, R>(
                 continue;
             }
             Woken::LinkCheck => {
-                if let Some(link) = probe.as_mut().and_then(LinkProbe::check)
-                    && link.queue >= SLOW_LINK_QUEUE
-                {
-                    tracing::debug!(
-                        queue_ms = link.queue.as_millis(),
-                        delivered_bps = link.delivered_bps,
-                        seated = guard.seated,
-                        low = feed.low,
-                        "a viewer's link holds a queue"
-                    );
-                    app.ring.report_slow_link();
-                    troubled_at = Some(tokio::time::Instant::now());
-                    feed.trouble(app, &mut guard, counted, link.delivered_bps);
+                match probe.as_mut().and_then(LinkProbe::check) {
+                    Some(link) if link.queue >= SLOW_LINK_QUEUE => {
+                        tracing::debug!(
+                            queue_ms = link.queue.as_millis(),
+                            delivered_bps = link.delivered_bps,
+                            seated = guard.seated,
+                            low = feed.low,
+                            "a viewer's link holds a queue"
+                        );
+                        app.ring.report_slow_link();
+                        troubled_at = Some(tokio::time::Instant::now());
+                        feed.queued_checks = feed.queued_checks.saturating_add(1);
+                        let lasting = feed.queued_checks >= QUEUED_CHECKS_TO_MOVE;
+                        feed.trouble(app, &mut guard, counted, link.delivered_bps, lasting);
+                    }
+                    Some(_) => feed.queued_checks = 0,
+                    None => {}
                 }
                 continue;
             }
@@ -908,7 +921,8 @@ pub async fn stream_video<S, R>(
                     feed.lags = feed.reader.lags();
                     troubled_at = Some(tokio::time::Instant::now());
                     let link = probe.as_mut().and_then(LinkProbe::check);
-                    feed.trouble(app, &mut guard, counted, link.and_then(|l| l.delivered_bps));
+                    let link_bps = link.and_then(|l| l.delivered_bps);
+                    feed.trouble(app, &mut guard, counted, link_bps, true);
                 }
                 outcome
             }
