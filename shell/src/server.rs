@@ -625,6 +625,21 @@ pub const LOW_RETRY_MAX: Duration = Duration::from_secs(160);
 /// viewer's machine does not.
 pub const QUEUED_CHECKS_TO_MOVE: u32 = 2;
 
+/// How long a viewer moving to the low rendition at `now` waits before it tries the full
+/// picture again: twice `retry_after` (at most [`LOW_RETRY_MAX`]) when its last try, at
+/// `back_at`, failed within [`LOW_PROBATION`]; [`LOW_RETRY`] otherwise.
+fn next_retry(
+    retry_after: Duration,
+    back_at: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> Duration {
+    if back_at.is_some_and(|at| now.duration_since(at) < LOW_PROBATION) {
+        (retry_after * 2).min(LOW_RETRY_MAX)
+    } else {
+        LOW_RETRY
+    }
+}
+
 /// What one viewer reads: the full stream or the low rendition ([`LowStream`]), and its way
 /// back. A viewer whose link does not set the bitrate (a spectator while players play) goes to
 /// the low rendition at its link's first sign of trouble; after [`LOW_RETRY`] without trouble
@@ -704,14 +719,7 @@ impl Feed {
                 let Ok(reader) = low.ring.subscribe() else {
                     return;
                 };
-                if self
-                    .back_at
-                    .is_some_and(|at| now.duration_since(at) < LOW_PROBATION)
-                {
-                    self.retry_after = (self.retry_after * 2).min(LOW_RETRY_MAX);
-                } else {
-                    self.retry_after = LOW_RETRY;
-                }
+                self.retry_after = next_retry(self.retry_after, self.back_at, now);
                 tracing::debug!(
                     retry_s = self.retry_after.as_secs(),
                     "a spectator's link cannot carry the stream: moved to the low rendition"
@@ -1108,6 +1116,23 @@ mod tests {
         for bad in ["/%ff", "/play/%C3%28/video", "/x/%e2%82"] {
             assert!(!decodes_to_utf8(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_failed_try_at_the_full_picture_doubles_the_wait_for_the_next() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        // The first move, and one long after a try that went well.
+        assert_eq!(next_retry(LOW_RETRY, None, t0), LOW_RETRY);
+        assert_eq!(next_retry(s(40), Some(t0), t0 + LOW_PROBATION), LOW_RETRY);
+        // Tries that failed within the probation: 10, 20, 40, 80, 160, 160 s.
+        let mut wait = LOW_RETRY;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            wait = next_retry(wait, Some(t0), t0 + s(2));
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 160]);
     }
 
     #[test]

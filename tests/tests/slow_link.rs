@@ -476,6 +476,8 @@ fn frames_between(frames: &[Arrival], from: Duration, to: Duration) -> (usize, f
 
 #[test]
 fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_picture_again() {
+    // Then the player leaves, 18.5 s in: the spectator's link counts from then on, and it comes
+    // back to the full picture at once.
     // Bound in this order, dropped in the reverse: the pod, its game, the screen, the link.
     let Some(Behind {
         link,
@@ -487,7 +489,7 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
         return;
     };
     let ws_base = pod.url.replacen("http://", "ws://", 1);
-    let _player = Player::connect(format!("{ws_base}input/1"));
+    let player = Player::connect(format!("{ws_base}input/1"));
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
     let counted = Instant::now() + Duration::from_secs(10);
     while value(&pod, "playpod_players") != 1.0 {
@@ -496,13 +498,18 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
     }
     let keyframes_before = value(&pod, "playpod_keyframes_total");
     let ns = link.ns.clone();
+    let started = Instant::now();
     let viewer =
         std::thread::spawn(move || view_from_saying(&ns, format!("{ws_base}video"), 22, vec![]));
     std::thread::sleep(Duration::from_secs(8));
     let on_low = value(&pod, "playpod_viewers_low_rendition");
     let ready = readyz(&pod);
-    let viewed = viewer.join().expect("the viewer thread");
+    const PLAYER_LEAVES: Duration = Duration::from_millis(18_500);
+    std::thread::sleep(PLAYER_LEAVES.saturating_sub(started.elapsed()));
     let metrics = pod.get("/metrics");
+    drop(player);
+    let viewed = viewer.join().expect("the viewer thread");
+    let after = pod.get("/metrics");
     let value = |name| metric_value(&metrics, name).unwrap_or(f64::NAN);
     let renditions: Vec<(f64, String, u64)> = viewed
         .configs
@@ -542,6 +549,8 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
         value("playpod_video_bitrate_decreases_total"),
         value("playpod_keyframes_total") - keyframes_before,
     );
+    let decreases_after = metric_value(&after, "playpod_video_bitrate_decreases_total");
+    eprintln!("after the player left: {decreases_after:?} decreases");
     // Full, then the low rendition (half the width) once its link showed trouble.
     let low_at = low_at.expect("the spectator was never moved to the low rendition");
     assert_eq!(renditions[0].1, "full");
@@ -594,6 +603,19 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
     assert!(
         whiches.starts_with(&["full", "low", "full", "low"]),
         "{renditions:?}"
+    );
+    // The player gone, the spectator's link sets the bitrate: back to the full picture at
+    // once, whose bitrate its link then brings down.
+    let left = PLAYER_LEAVES.as_secs_f64() - 0.5;
+    assert!(
+        renditions
+            .last()
+            .is_some_and(|r| r.1 == "full" && r.0 >= left),
+        "not back on the full picture after the player left: {renditions:?}"
+    );
+    assert!(
+        decreases_after.is_some_and(|d| d >= 1.0),
+        "the spectator's link did not lower the bitrate once it counted"
     );
     assert!(pod.terminate().success());
 }
