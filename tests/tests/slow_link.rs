@@ -357,6 +357,21 @@ impl Player {
     }
 }
 
+impl Player {
+    /// Player 1 of `pod`, once the pod counts it (its input thread has it a moment after the
+    /// handshake).
+    fn counted_by(pod: &Served) -> Self {
+        let ws_base = pod.url.replacen("http://", "ws://", 1);
+        let player = Self::connect(format!("{ws_base}input/1"));
+        let counted = Instant::now() + Duration::from_secs(10);
+        while metric_value(&pod.get("/metrics"), "playpod_players") != Some(1.0) {
+            assert!(Instant::now() < counted, "the pod never counted the player");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        player
+    }
+}
+
 impl Drop for Player {
     fn drop(&mut self) {
         let _ = self.stop.take().map(|s| s.send(()));
@@ -381,14 +396,8 @@ fn a_spectators_slow_link_leaves_the_players_bitrate_alone() {
     let ready = readyz(&pod);
     assert_eq!(ready["lowRendition"], serde_json::Value::Null, "{ready}");
     let ws_base = pod.url.replacen("http://", "ws://", 1);
-    let player = Player::connect(format!("{ws_base}input/1"));
+    let player = Player::counted_by(&pod);
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
-    // The pod counts the player once its input thread has it, a moment after the handshake.
-    let counted = Instant::now() + Duration::from_secs(10);
-    while value(&pod, "playpod_players") != 1.0 {
-        assert!(Instant::now() < counted, "the pod never counted the player");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // A spectator behind the slow link that claims to be player 1 without its seat (one it
     // made up) for 10 s; then it shows player 1's seat, as that player's page does with each
     // clock probe, and watches 10 s more.
@@ -489,13 +498,8 @@ fn a_spectator_on_a_slow_link_moves_to_the_low_rendition_and_tries_the_full_pict
         return;
     };
     let ws_base = pod.url.replacen("http://", "ws://", 1);
-    let player = Player::connect(format!("{ws_base}input/1"));
+    let player = Player::counted_by(&pod);
     let value = |pod: &Served, name| metric_value(&pod.get("/metrics"), name).unwrap_or(f64::NAN);
-    let counted = Instant::now() + Duration::from_secs(10);
-    while value(&pod, "playpod_players") != 1.0 {
-        assert!(Instant::now() < counted, "the pod never counted the player");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let keyframes_before = value(&pod, "playpod_keyframes_total");
     let ns = link.ns.clone();
     let started = Instant::now();
