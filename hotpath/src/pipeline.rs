@@ -119,9 +119,7 @@ impl FrameStage {
         settings: EncoderSettings,
         slot_bytes: usize,
     ) -> Self {
-        for bps in [&stats.bitrate_target_bps, &stats.bitrate_full_bps] {
-            bps.store(u64::from(settings.bitrate_bps), Ordering::Relaxed);
-        }
+        stats.set_full_bitrate(settings.bitrate_bps);
         Self {
             source,
             picture: I420Frame::new(settings.width, settings.height),
@@ -192,9 +190,7 @@ impl FrameStage {
     /// ([`RateAdapt`]); `max_bps` is the configured bitrate, the ceiling. An encoder that keeps
     /// its bitrate turns this off at its first change, with a warning.
     pub fn adapt_bitrate(mut self, max_bps: u32) -> Self {
-        for bps in [&self.stats.bitrate_target_bps, &self.stats.bitrate_full_bps] {
-            bps.store(u64::from(max_bps), Ordering::Relaxed);
-        }
+        self.stats.set_full_bitrate(max_bps);
         self.adapt = Some(RateAdapt::new(
             max_bps,
             self.writer.viewer_troubles(),
@@ -355,42 +351,41 @@ impl FrameStage {
             ready,
         );
         let host = self.host_input();
-        let stats = &*self.stats;
-        let encode_start = Instant::now();
-        if want_key {
-            bump(&stats.keyframe_requests, 1);
-        }
         let picture = match (&self.gpu, host) {
             (Some(gpu), false) => Picture::Device(gpu.picture()),
             // Without a converter a device-input encoder never gets here: capture refused.
             _ => Picture::Host(&self.picture),
         };
-        self.out.clear();
-        let encoded = self.encoder.encode(picture, want_key, &mut self.out)?;
-        stats.encode_time.record(micros(encode_start.elapsed()));
-        if encoded.len == 0 {
-            // Skipped by the rate control (a bitrate lowered for a slow viewer): nothing to
-            // publish, and the picture last encoded stays the one to compare with.
-            bump(&stats.frames_dropped_rate, 1);
-            if want_key {
-                self.writer.request_keyframe();
-            }
+        let Some(report) = encode_into_ring(
+            &mut *self.encoder,
+            picture,
+            want_key,
+            capture_us,
+            &mut self.out,
+            &mut self.writer,
+            &self.stats,
+        )?
+        else {
+            // Skipped by the rate control (a bitrate lowered for a slow viewer): the picture
+            // last encoded stays the one to compare with.
             self.low_after(false, ready, capture_us)?;
             return Ok(FrameReport {
                 keyframe: false,
                 bytes: 0,
                 seq: None,
             });
-        }
-        bump(&stats.frames_encoded, 1);
-        bump(&stats.bytes_encoded, encoded.len as u64);
-        if encoded.keyframe {
-            bump(&stats.keyframes, 1);
+        };
+        if report.seq.is_some() {
+            let latency = micros(ready.elapsed());
+            self.stats.ready_to_ring.record(latency);
+            self.stats
+                .ready_to_ring_window
+                .record(u32::try_from(latency).unwrap_or(u32::MAX));
         }
         let mut swapped = false;
         if let Some(skip) = &mut self.skip {
             skip.since_encoded = 0;
-            if !same || encoded.keyframe {
+            if !same || report.keyframe {
                 skip.settle_left = skip.policy.settle_frames;
             } else {
                 skip.settle_left = skip.settle_left.saturating_sub(1);
@@ -401,30 +396,60 @@ impl FrameStage {
                 swapped = true;
             }
         }
-        let seq = match self.writer.publish(encoded.keyframe, capture_us, &self.out) {
-            Ok(seq) => {
-                bump(&stats.frames_published, 1);
-                let latency = micros(ready.elapsed());
-                stats.ready_to_ring.record(latency);
-                stats
-                    .ready_to_ring_window
-                    .record(u32::try_from(latency).unwrap_or(u32::MAX));
-                Some(seq)
-            }
-            Err(PublishError::TooLarge { .. }) => {
-                bump(&stats.frames_dropped_oversize, 1);
-                self.writer.request_keyframe();
-                None
-            }
-        };
         // After the main frame is in its ring: its viewers do not wait for this one.
         self.low_after(swapped, ready, capture_us)?;
-        Ok(FrameReport {
-            keyframe: encoded.keyframe,
-            bytes: encoded.len,
-            seq,
-        })
+        Ok(report)
     }
+}
+
+/// Encodes `picture` with `encoder` (into `out`) and publishes the access unit in `writer`'s
+/// ring, counting in `stats`: one frame of the main stream or of the low rendition. `None`
+/// when the rate control skipped the frame (a wanted keyframe stays wanted); an access unit
+/// too large for the ring is counted, and a keyframe asked for again (`seq` `None`).
+pub(crate) fn encode_into_ring(
+    encoder: &mut dyn VideoEncoder,
+    picture: Picture<'_>,
+    want_key: bool,
+    capture_us: u64,
+    out: &mut Vec<u8>,
+    writer: &mut RingWriter,
+    stats: &PipelineStats,
+) -> Result<Option<FrameReport>, EncodeError> {
+    if want_key {
+        bump(&stats.keyframe_requests, 1);
+    }
+    let encode_start = Instant::now();
+    out.clear();
+    let encoded = encoder.encode(picture, want_key, out)?;
+    stats.encode_time.record(micros(encode_start.elapsed()));
+    if encoded.len == 0 {
+        bump(&stats.frames_dropped_rate, 1);
+        if want_key {
+            writer.request_keyframe();
+        }
+        return Ok(None);
+    }
+    bump(&stats.frames_encoded, 1);
+    bump(&stats.bytes_encoded, encoded.len as u64);
+    if encoded.keyframe {
+        bump(&stats.keyframes, 1);
+    }
+    let seq = match writer.publish(encoded.keyframe, capture_us, out) {
+        Ok(seq) => {
+            bump(&stats.frames_published, 1);
+            Some(seq)
+        }
+        Err(PublishError::TooLarge { .. }) => {
+            bump(&stats.frames_dropped_oversize, 1);
+            writer.request_keyframe();
+            None
+        }
+    };
+    Ok(Some(FrameReport {
+        keyframe: encoded.keyframe,
+        bytes: encoded.len,
+        seq,
+    }))
 }
 
 /// Bitrate adaptation's step for a frame of the stream `writer` publishes: a new target for

@@ -10,15 +10,14 @@
 //! ring: it costs nothing otherwise.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::convert::{self, I420Frame, half_size};
 use crate::encode::{EncoderSettings, Picture, VideoEncoder};
-use crate::pipeline::{PipelineError, follow_viewers, micros};
+use crate::pipeline::{PipelineError, encode_into_ring, follow_viewers};
 use crate::rate::RateAdapt;
 use crate::ring::{Ring, RingConfig, RingWriter};
-use crate::stats::{PipelineStats, bump};
+use crate::stats::PipelineStats;
 
 /// The share of the main stream's bitrate the low rendition starts at: the same bits per pixel
 /// for a quarter of the pixels.
@@ -76,9 +75,7 @@ impl LowRendition {
         let config = RingConfig::for_picture(settings.width, settings.height);
         let (ring, writer) = Ring::new(config);
         let stats = Arc::new(PipelineStats::default());
-        for bps in [&stats.bitrate_target_bps, &stats.bitrate_full_bps] {
-            bps.store(u64::from(settings.bitrate_bps), Ordering::Relaxed);
-        }
+        stats.set_full_bitrate(settings.bitrate_bps);
         let adapt = (!fixed_bitrate).then(|| {
             RateAdapt::new(
                 settings.bitrate_bps,
@@ -132,35 +129,15 @@ impl LowRendition {
             &self.stats,
             ready,
         );
-        let stats = &*self.stats;
-        if want_key {
-            bump(&stats.keyframe_requests, 1);
-        }
-        let encode_start = Instant::now();
-        self.out.clear();
-        let encoded = self
-            .encoder
-            .encode(Picture::Host(&self.picture), want_key, &mut self.out)?;
-        stats.encode_time.record(micros(encode_start.elapsed()));
-        if encoded.len == 0 {
-            bump(&stats.frames_dropped_rate, 1);
-            if want_key {
-                self.writer.request_keyframe();
-            }
-            return Ok(());
-        }
-        bump(&stats.frames_encoded, 1);
-        bump(&stats.bytes_encoded, encoded.len as u64);
-        if encoded.keyframe {
-            bump(&stats.keyframes, 1);
-        }
-        match self.writer.publish(encoded.keyframe, capture_us, &self.out) {
-            Ok(_) => bump(&stats.frames_published, 1),
-            Err(_) => {
-                bump(&stats.frames_dropped_oversize, 1);
-                self.writer.request_keyframe();
-            }
-        }
+        encode_into_ring(
+            &mut *self.encoder,
+            Picture::Host(&self.picture),
+            want_key,
+            capture_us,
+            &mut self.out,
+            &mut self.writer,
+            &self.stats,
+        )?;
         Ok(())
     }
 }

@@ -143,6 +143,15 @@ impl Default for PipelineStats {
     }
 }
 
+impl PipelineStats {
+    /// The bitrate set, `bps`: the ceiling, and the target until viewers' links lower it.
+    pub fn set_full_bitrate(&self, bps: u32) {
+        for counter in [&self.bitrate_target_bps, &self.bitrate_full_bps] {
+            counter.store(u64::from(bps), Ordering::Relaxed);
+        }
+    }
+}
+
 /// Relaxed add, the only way the hot path touches these.
 pub fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);

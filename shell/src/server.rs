@@ -757,22 +757,24 @@ impl Feed {
         guard.set_low(low);
     }
 
+    /// The low rendition, while this viewer reads it.
+    fn low_stream<'a>(&self, app: &'a AppState) -> Option<&'a LowStream> {
+        app.low.as_ref().filter(|_| self.low)
+    }
+
     /// Asks for a keyframe of the stream this viewer reads.
     fn request_keyframe(&self, app: &AppState, counted: bool) {
-        match &app.low {
-            Some(low) if self.low => low.ring.request_keyframe(),
+        match self.low_stream(app) {
+            Some(low) => low.ring.request_keyframe(),
             // Like its lags: a viewer whose link does not set the bitrate waits.
-            _ if counted => app.ring.request_keyframe(),
-            _ => app.ring.request_keyframe_patiently(),
+            None if counted => app.ring.request_keyframe(),
+            None => app.ring.request_keyframe_patiently(),
         }
     }
 
     /// The picture of the stream this viewer reads.
     fn stream(&self, app: &AppState) -> StreamInfo {
-        match &app.low {
-            Some(low) if self.low => low.stream,
-            _ => app.stream,
-        }
+        self.low_stream(app).map_or(app.stream, |low| low.stream)
     }
 }
 
@@ -822,19 +824,17 @@ pub async fn stream_video<S, R>(
     let mut link_checks = tokio::time::interval(LINK_CHECK_INTERVAL);
     link_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        buf.clear();
-        buf.resize(MEDIA_HEADER_LEN, 0);
+        // A reader appends only the frame it returns, which is sent (or swapped in) at once.
+        for b in [&mut buf, &mut full_buf] {
+            b.clear();
+            b.resize(MEDIA_HEADER_LEN, 0);
+        }
         let counted = counts(guard.seated);
         // A viewer whose link does not set the bitrate asks for its keyframes patiently, so
         // that falling behind does not make every viewer take an IDR (the low rendition's
         // keyframes are its slow viewers' own).
         feed.reader.set_patient(!feed.low && !counted);
-        let had_full = feed.full.is_some();
         feed.try_full(app, counted);
-        if !had_full && feed.full.is_some() {
-            full_buf.clear();
-            full_buf.resize(MEDIA_HEADER_LEN, 0);
-        }
         let woken = tokio::select! {
             _ = link_checks.tick(), if probe.is_some() => Woken::LinkCheck,
             outcome = std::future::poll_fn(|cx| feed.reader.poll_read(cx, &mut buf)) => {
